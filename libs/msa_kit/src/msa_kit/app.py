@@ -1,0 +1,224 @@
+"""The FastAPI application every service instance runs: health, readiness, metrics, problem+json errors,
+tracing with the trace id on every response, and the Platform started and stopped with the app."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from contextlib import asynccontextmanager
+from typing import Annotated, AsyncIterator, Callable, TypeVar
+
+import uvicorn
+from fastapi import APIRouter, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from opentelemetry import trace
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from pydantic import ValidationError
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .admin import add_fault, admin_denied, config_document, faults_document
+from .deadletters import DeadLetters
+from .faults import FaultInjection, HttpFault, crash_soon
+from .logs import setup_logging
+from .platform import Platform, PlatformSettings
+from .problems import problem
+from .resilience import ServiceUnavailable, UpstreamTimeout
+from .runtime import Runtime
+from .settings import ConfigUnavailable, build_settings, fetch_config, save_snapshot
+from .tracing import setup_tracing, shutdown_tracing
+
+log = logging.getLogger(__name__)
+
+S = TypeVar("S", bound=PlatformSettings)
+
+OUTBOX_BACKLOG = Gauge("msa_outbox_backlog", "Events committed in the outbox and not yet confirmed by the broker")
+
+
+class TraceHeaders:
+    """Puts the request's trace id on the response (`X-Trace-Id`, `traceparent`) so a user can look it up."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_trace(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                ctx = trace.get_current_span().get_span_context()
+                if ctx.is_valid:
+                    headers = list(message.get("headers", []))
+                    trace_id = format(ctx.trace_id, "032x")
+                    headers.append((b"x-trace-id", trace_id.encode()))
+                    headers.append((b"traceparent", f"00-{trace_id}-{ctx.span_id:016x}-01".encode()))
+                    message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_trace)
+
+
+def _field(loc: tuple[object, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
+    return out or "body"
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        errors = [{"field": "body" if e["type"] == "json_invalid" else _field(tuple(e["loc"])), "message": e["msg"]}
+                  for e in exc.errors()]
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        return problem(422, "Invalid request", detail, instance=request.url.path, errors=errors)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> Response:
+        title = {401: "Unauthorized", 403: "Forbidden", 404: "Not found", 409: "Conflict"}.get(
+            exc.status_code, "Request failed")
+        return problem(exc.status_code, title, str(exc.detail), instance=request.url.path,
+                       headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(ServiceUnavailable)
+    async def _unavailable(request: Request, exc: ServiceUnavailable) -> Response:
+        return problem(503, "Dependency unavailable", str(exc), instance=request.url.path, service=exc.service)
+
+    @app.exception_handler(UpstreamTimeout)
+    async def _timeout(request: Request, exc: UpstreamTimeout) -> Response:
+        return problem(504, "Dependency timed out", str(exc), instance=request.url.path, service=exc.service)
+
+
+def create_service_app(platform: Platform, *, title: str, routers: list[APIRouter]) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await platform.start()
+        try:
+            yield
+        finally:
+            await platform.stop()
+            shutdown_tracing()
+
+    app = FastAPI(title=title, lifespan=lifespan)
+    app.state.platform = platform
+    install_problem_handlers(app)
+
+    @app.get("/health", tags=["operations"])
+    async def health() -> dict[str, str]:
+        return {"status": "UP", "instance": platform.rt.instance_id}
+
+    @app.get("/ready", tags=["operations"])
+    async def ready() -> JSONResponse:
+        checks = await platform.readiness()
+        ok = all(not v.startswith("down") for v in checks.values())
+        return JSONResponse({"status": "UP" if ok else "DOWN", "checks": checks}, status_code=200 if ok else 503)
+
+    @app.get("/admin/config", tags=["admin"])
+    async def admin_config(authorization: Annotated[str | None, Header()] = None) -> Response:
+        denied = admin_denied(platform, authorization)
+        if denied:
+            return problem(denied[0], "Admin only", denied[1], instance="/admin/config")
+        return JSONResponse(config_document(platform))
+
+    @app.get("/admin/resilience", tags=["admin"])
+    async def resilience(authorization: Annotated[str | None, Header()] = None) -> Response:
+        """Per target service: cached instances, strategy, breaker, outliers, retry budget, bulkhead."""
+        denied = admin_denied(platform, authorization)
+        if denied:
+            return problem(denied[0], "Admin only", denied[1], instance="/admin/resilience")
+        return JSONResponse({"instance": platform.rt.instance_id, "targets": platform.resilience.snapshot()})
+
+    @app.get("/admin/faults", tags=["admin"])
+    async def list_faults(authorization: Annotated[str | None, Header()] = None) -> Response:
+        denied = admin_denied(platform, authorization)
+        if denied:
+            return problem(denied[0], "Admin only", denied[1], instance="/admin/faults")
+        return JSONResponse(faults_document(platform))
+
+    @app.post("/admin/faults", tags=["admin"], status_code=201)
+    async def inject_fault(fault: HttpFault, authorization: Annotated[str | None, Header()] = None) -> Response:
+        """Inject a fault on this instance until healed (`instance` empty means this one)."""
+        denied = admin_denied(platform, authorization)
+        if denied:
+            return problem(denied[0], "Admin only", denied[1], instance="/admin/faults")
+        status, doc = add_fault(platform, fault.model_dump())
+        return JSONResponse(doc, status_code=status)
+
+    @app.delete("/admin/faults", tags=["admin"])
+    async def heal_faults(authorization: Annotated[str | None, Header()] = None, fault_id: str | None = None
+                          ) -> Response:
+        denied = admin_denied(platform, authorization)
+        if denied:
+            return problem(denied[0], "Admin only", denied[1], instance="/admin/faults")
+        return JSONResponse({"healed": platform.faults.heal(fault_id)})
+
+    @app.post("/admin/crash", tags=["admin"], status_code=202)
+    async def crash(authorization: Annotated[str | None, Header()] = None) -> Response:
+        """Exit at once, as a crash would; the supervisor restarts the process (auto-recovery)."""
+        denied = admin_denied(platform, authorization)
+        if denied:
+            return problem(denied[0], "Admin only", denied[1], instance="/admin/crash")
+        asyncio.get_running_loop().create_task(crash_soon())
+        return JSONResponse({"crashing": platform.rt.instance_id}, status_code=202)
+
+    if platform.bus.subscriptions:
+        dead_letters = DeadLetters(platform.bus)
+
+        @app.get("/admin/dlq", tags=["admin"])
+        async def list_dead_letters(authorization: Annotated[str | None, Header()] = None,
+                                    limit: int = Query(50, ge=1, le=1000)) -> Response:
+            """The messages this service gave up on, with the reason and attempt count."""
+            denied = admin_denied(platform, authorization)
+            if denied:
+                return problem(denied[0], "Admin only", denied[1], instance="/admin/dlq")
+            return JSONResponse({"queue": platform.bus.names.dlq, "messages": await dead_letters.list(limit)})
+
+        @app.post("/admin/dlq/replay", tags=["admin"])
+        async def replay_dead_letters(authorization: Annotated[str | None, Header()] = None,
+                                      message_id: str | None = None) -> Response:
+            """Send one dead letter (`?message_id=`), or all of them, back to this service's queue."""
+            denied = admin_denied(platform, authorization)
+            if denied:
+                return problem(denied[0], "Admin only", denied[1], instance="/admin/dlq/replay")
+            return JSONResponse({"replayed": await dead_letters.replay(message_id)})
+
+    @app.get("/metrics", tags=["operations"], include_in_schema=False)
+    async def metrics() -> Response:
+        if platform.relay:
+            OUTBOX_BACKLOG.set(await platform.relay.backlog())
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    for router in routers:
+        app.include_router(router)
+    app.add_middleware(FaultInjection, book=platform.faults)
+    app.add_middleware(TraceHeaders)
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="health,ready,metrics")
+    return app
+
+
+def run_service(service: str, settings_cls: type[S], build_app: Callable[[Runtime, object, S], FastAPI]) -> None:
+    """`python -m <service>`: read the runtime, fetch config (or exit clearly), build the app, serve it."""
+    rt = Runtime.for_service(service)
+    setup_logging(service, rt.instance_id)
+    try:
+        snapshot = asyncio.run(fetch_config(rt))
+    except ConfigUnavailable as exc:
+        log.error("cannot start %s: %s", rt.instance_id, exc)
+        sys.exit(2)
+    try:
+        settings = build_settings(settings_cls, snapshot)
+    except ValidationError as exc:  # a bad value in config-repo: say which, don't start half-configured
+        log.error("cannot start %s: invalid configuration: %s", rt.instance_id, exc)
+        sys.exit(2)
+    if snapshot.source == "config-server":
+        save_snapshot(rt, snapshot)
+    setup_logging(service, rt.instance_id, settings.log_level)
+    setup_tracing(rt)
+    app = build_app(rt, snapshot, settings)
+    uvicorn.run(app, host=rt.host, port=rt.port, log_config=None, access_log=False, loop="uvloop",
+                http="httptools", timeout_graceful_shutdown=5)

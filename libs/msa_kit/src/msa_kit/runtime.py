@@ -1,0 +1,50 @@
+"""Where a process is and who it is: the few facts that come from its environment, never from the config server.
+
+Spring calls these bootstrap properties: enough to find the config server and the registry. Everything else
+(timeouts, seed data, feature values) is fetched from the config server in bootstrap (see settings.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Runtime(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore")
+
+    service: str = Field("", description="Logical service name; set by the service's bootstrap, not the env")
+    instance_id: str = Field("", validation_alias="INSTANCE_ID")
+    host: str = Field("127.0.0.1", validation_alias="HOST")
+    port: int = Field(0, validation_alias="PORT")
+    consul_http_addr: str = Field("127.0.0.1:8500", validation_alias="CONSUL_HTTP_ADDR")
+    config_server_url: str = Field("", validation_alias="CONFIG_SERVER_URL",
+                                   description="unset: find `config-server` in discovery")
+    amqp_url: str = Field("amqp://guest:guest@127.0.0.1:5672/", validation_alias="AMQP_URL")
+    var_dir: Path = Field(Path("var"), validation_alias="MSA_VAR_DIR")
+    namespace: str = Field("", validation_alias="MSA_NAMESPACE", description="Prefix of broker names (tests)")
+    profile: str = Field("local", validation_alias="MSA_PROFILE")
+    database_url: str = Field("", validation_alias="DATABASE_URL")
+
+    @classmethod
+    def for_service(cls, service: str) -> "Runtime":
+        rt = cls()
+        rt.service = service
+        if not rt.instance_id:
+            rt.instance_id = f"{service}-{rt.port}"
+        rt.var_dir = rt.var_dir.resolve()
+        return rt
+
+    @property
+    def consul_host_port(self) -> tuple[str, int]:
+        addr = self.consul_http_addr.removeprefix("http://").removeprefix("https://").rstrip("/")
+        host, _, port = addr.rpartition(":")
+        return (host or "127.0.0.1", int(port or 8500))
+
+    def path(self, *parts: str) -> Path:
+        """A path under the var dir, created on demand (runtime state never lives in the tree)."""
+        p = self.var_dir.joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
