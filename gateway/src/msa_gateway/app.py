@@ -1,0 +1,227 @@
+"""The gateway application: a raw ASGI dispatcher in front of two apps.
+
+The proxy path (`proxy.Proxy`) takes every request except a handful of the gateway's own pages (health, docs,
+the admin API), which a small Starlette app serves — it also owns the lifespan. Starlette's routing would cost
+every proxied request a regex match per route; a set lookup on the path does the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import httpx
+from fastapi.openapi.docs import get_swagger_ui_html
+from opentelemetry.instrumentation.httpx import AsyncOpenTelemetryTransport
+from pydantic import BaseModel
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route as HttpRoute
+from starlette.types import Message, Receive, Scope, Send
+
+from msa_kit.admin import add_fault, admin_denied, config_document, faults_document
+from msa_kit.faults import FaultInjection, crash_soon
+from msa_kit.platform import Platform, PlatformSettings
+from msa_kit.problems import problem
+from msa_kit.resilience import AiohttpTransport, BreakerTransport, ResilientStack
+from msa_kit.runtime import Runtime
+from msa_kit.settings import ConfigSnapshot
+from msa_kit.tracing import shutdown_tracing
+
+from .auth import JwksVerifier
+from .docs import DocsCache, DocsSection
+from .policy import Cors, CorsSection, security_headers
+from .proxy import Config, Proxy
+from .ratelimit import Buckets, buckets
+from .routes import RouteSpec, RouteTable
+
+log = logging.getLogger(__name__)
+
+
+class RateLimitSection(BaseModel):
+    redis_url: str | None = None  # e.g. redis://127.0.0.1:6379/0; unset: buckets in this process's memory
+
+
+class GatewaySection(BaseModel):
+    routes: list[RouteSpec] = []
+    max_body_bytes: int = 1_048_576
+    cors: CorsSection = CorsSection()
+    security_headers: dict[str, str] = {}  # on top of policy.DEFAULT_SECURITY_HEADERS; "" removes one
+    rate_limits: RateLimitSection = RateLimitSection()
+    access_log: bool = True
+    docs: DocsSection = DocsSection()
+
+
+class GatewaySettings(PlatformSettings):
+    gateway: GatewaySection = GatewaySection()
+
+
+def compile_config(section: GatewaySection) -> Config:
+    return Config(RouteTable(section.routes), section.max_body_bytes, security_headers(section.security_headers),
+                  Cors(section.cors), section.access_log)
+
+
+class AccessFormatter(logging.Formatter):
+    """Access lines are already JSON documents (proxy.py builds them): add the envelope, skip re-parsing."""
+
+    def __init__(self, service: str, instance: str) -> None:
+        super().__init__()
+        self.envelope = f'"service": "{service}", "instance": "{instance}", "logger": "access"'
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+        return f'{{"ts": "{ts}", "level": "{record.levelname}", {self.envelope}, {record.getMessage()[1:]}'
+
+
+def _setup_access_log(rt: Runtime) -> None:
+    access = logging.getLogger("msa_gateway.access")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(AccessFormatter(rt.service, rt.instance_id))
+    access.handlers[:] = [handler]
+    access.propagate = False
+
+
+LOCAL_PATHS = frozenset({"/health", "/gateway/routes", "/admin/config", "/admin/faults", "/admin/crash",
+                         "/admin/resilience", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
+
+
+def build_app(rt: Runtime, config: ConfigSnapshot, settings: GatewaySettings) -> "Gateway":
+    platform = Platform(rt, config, settings)
+    return Gateway(rt, platform, settings)
+
+
+class Gateway:
+    """The ASGI application uvicorn runs."""
+
+    def __init__(self, rt: Runtime, platform: Platform, settings: GatewaySettings) -> None:
+        self.rt, self.platform = rt, platform
+        self.section = settings.gateway
+        self.config = compile_config(settings.gateway)
+        self.proxy: Proxy | None = None
+        self.docs: DocsCache | None = None
+        self.buckets: Buckets | None = None
+        self.upstream_stack: ResilientStack | None = None
+        self._redis_url = settings.gateway.rate_limits.redis_url
+        self.local = self._local_app()
+        platform.on_refresh(self.apply_routes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in LOCAL_PATHS and self.proxy is not None:
+            if self.platform.faults.added or self.platform.settings.faults.http:  # the workshop breaking the gateway
+                return await FaultInjection(self.proxy, self.platform.faults)(scope, receive, send)
+            return await self.proxy(scope, receive, send)
+        if scope["type"] == "http":
+            security = self.config.security
+
+            async def send_secure(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    message["headers"] = [*message.get("headers", []), *security]
+                await send(message)
+
+            return await self.local(scope, receive, send_secure)
+        return await self.local(scope, receive, send)
+
+    async def apply_routes(self, new: GatewaySettings) -> None:
+        """A validated refresh: the next request sees the new generation, requests in flight finish on theirs."""
+        self.section, self.config = new.gateway, compile_config(new.gateway)
+        if new.gateway.rate_limits.redis_url != self._redis_url and self.proxy is not None:
+            old, self._redis_url = self.proxy.buckets, new.gateway.rate_limits.redis_url
+            self.proxy.buckets = self.buckets = buckets(self._redis_url, self.rt.namespace)
+            await old.close()
+        if self.proxy is not None:
+            self.proxy.config = self.config
+        log.info("gateway: %d routes live", len(self.config.table.routes))
+
+    def _transports(self) -> tuple[httpx.AsyncBaseTransport, httpx.AsyncBaseTransport]:
+        """The kit's resilient stack, as platform.http has it, minus the client around it (see proxy.Proxy).
+        Fixed-URL routes skip discovery and balancing but keep the breaker. Policies read settings live."""
+        # Retries are the routes' business here (a `retry` filter), so the kit's own are off for the proxy path.
+        policies = self.platform.policies(retries=False)
+        limits = httpx.Limits(max_connections=500, max_keepalive_connections=500)
+        self.upstream_stack = ResilientStack(self.platform.discovery, policies, max_connections=500)
+        return self.upstream_stack.transport, BreakerTransport(AiohttpTransport(limits=limits), policies.breaker)
+
+    def _local_app(self) -> Starlette:
+        platform = self.platform
+
+        @asynccontextmanager
+        async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+            _setup_access_log(self.rt)
+            await platform.start()
+            upstream, direct = self._transports()
+            direct_client = httpx.AsyncClient(transport=AsyncOpenTelemetryTransport(direct))
+            self.buckets = buckets(self._redis_url, self.rt.namespace)
+            self.docs = DocsCache(platform.http, direct_client)
+            self.proxy = Proxy(self.config, upstream, direct, JwksVerifier(platform.http), self.buckets,
+                               lambda: platform.http.timeout)
+            try:
+                yield
+            finally:
+                proxy, self.proxy = self.proxy, None
+                await platform.stop()
+                await upstream.aclose()
+                await direct_client.aclose()
+                await proxy.buckets.close()
+                shutdown_tracing()
+
+        async def health(_request: Request) -> JSONResponse:
+            return JSONResponse({"status": "UP", "instance": self.rt.instance_id})
+
+        def admin(handler):  # type: ignore[no-untyped-def]
+            async def guarded(request: Request) -> Response:
+                denied = admin_denied(platform, request.headers.get("authorization"))
+                if denied:
+                    return problem(denied[0], "Admin only", denied[1], instance=request.url.path)
+                return await handler(request)
+            return guarded
+
+        async def routes(_request: Request) -> JSONResponse:
+            return JSONResponse({"version": platform.config.version, "routes": self.config.table.describe()})
+
+        async def admin_config(_request: Request) -> JSONResponse:
+            return JSONResponse(config_document(platform))
+
+        async def faults(request: Request) -> Response:
+            if request.method == "POST":
+                try:
+                    body = await request.json()
+                except ValueError:
+                    return problem(400, "Invalid fault", "the body must be JSON", instance="/admin/faults")
+                status, doc = add_fault(platform, body)
+                if status != 201:
+                    return problem(status, doc.pop("title"), doc.pop("detail"), instance="/admin/faults", **doc)
+                return JSONResponse(doc, status_code=201)
+            if request.method == "DELETE":
+                return JSONResponse({"healed": platform.faults.heal(request.query_params.get("fault_id"))})
+            return JSONResponse(faults_document(platform))
+
+        async def crash(_request: Request) -> JSONResponse:
+            asyncio.get_running_loop().create_task(crash_soon())
+            return JSONResponse({"crashing": self.rt.instance_id}, status_code=202)
+
+        async def resilience(_request: Request) -> JSONResponse:
+            stack = self.upstream_stack if self.upstream_stack is not None else platform.resilience
+            return JSONResponse({"instance": self.rt.instance_id, "targets": stack.snapshot()})
+
+        async def openapi(_request: Request) -> Response:
+            assert self.docs is not None
+            doc = await self.docs.document(self.config.table, self.section.docs)
+            return Response(json.dumps(doc), media_type="application/json")
+
+        async def docs(_request: Request) -> HTMLResponse:
+            return get_swagger_ui_html(openapi_url="/openapi.json", title=self.section.docs.title,
+                                       swagger_ui_parameters={"persistAuthorization": True})
+
+        return Starlette(routes=[HttpRoute("/health", health), HttpRoute("/gateway/routes", admin(routes)),
+                                 HttpRoute("/admin/config", admin(admin_config)),
+                                 HttpRoute("/admin/faults", admin(faults), methods=["GET", "POST", "DELETE"]),
+                                 HttpRoute("/admin/crash", admin(crash), methods=["POST"]),
+                                 HttpRoute("/admin/resilience", admin(resilience)),
+                                 HttpRoute("/openapi.json", openapi), HttpRoute("/docs", docs)],
+                         lifespan=lifespan)
