@@ -1,0 +1,83 @@
+"""Products, stock and reservations: plain Python, no framework."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass
+class Product:
+    sku: str
+    name: str
+    price_cents: int
+    stock: int
+
+
+@dataclass(frozen=True)
+class Line:
+    sku: str
+    quantity: int
+
+
+@dataclass(frozen=True)
+class StockReserved:
+    type: ClassVar[str] = "stock.reserved"
+    order_id: str
+    lines: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class StockRejected:
+    type: ClassVar[str] = "stock.rejected"
+    order_id: str
+    reason: str
+    shortages: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class StockReleased:
+    type: ClassVar[str] = "stock.released"
+    order_id: str
+    lines: list[dict[str, Any]]
+
+
+@dataclass
+class Reservation:
+    """The stock held for one order. Either every line is reserved or none is: no partial orders."""
+
+    order_id: str
+    lines: list[Line]
+    status: str = "NEW"  # NEW → RESERVED | REJECTED; RESERVED → RELEASED
+    events: list[Any] = field(default_factory=list)
+
+    def aggregate_id(self) -> str:
+        return self.order_id
+
+    def reserve_from(self, products: dict[str, Product]) -> None:
+        shortages = []
+        for line in self.lines:
+            product = products.get(line.sku)
+            available = product.stock if product else 0
+            if product is None or line.quantity <= 0 or available < line.quantity:
+                shortages.append({"sku": line.sku, "requested": line.quantity, "available": available})
+        if shortages:
+            self.status = "REJECTED"
+            unknown = [s["sku"] for s in shortages if s["sku"] not in products]
+            reason = f"unknown product(s) {unknown}" if unknown else "insufficient stock"
+            self.events.append(StockRejected(self.order_id, reason, shortages))
+            return
+        for line in self.lines:
+            products[line.sku].stock -= line.quantity
+        self.status = "RESERVED"
+        self.events.append(StockReserved(self.order_id, [vars(line) for line in self.lines]))
+
+    def release_to(self, products: dict[str, Product]) -> None:
+        """Compensation for a cancelled order: give back exactly what was taken, once."""
+        if self.status != "RESERVED":
+            return
+        for line in self.lines:
+            if line.sku in products:
+                products[line.sku].stock += line.quantity
+        self.status = "RELEASED"
+        self.events.append(StockReleased(self.order_id, [vars(line) for line in self.lines]))

@@ -1,0 +1,1 @@
+"""order: places orders and drives the saga: PENDING → CONFIRMED | REJECTED, on the catalog's answer."""

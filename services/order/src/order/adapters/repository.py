@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import json
+import time
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from msa_kit.sql import SqlUnitOfWork
+
+from ..domain.model import Order, OrderLine
+
+metadata = sa.MetaData()
+
+orders = sa.Table(
+    "orders", metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("user_id", sa.String(36), nullable=False, index=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("reason", sa.String(500)),
+    sa.Column("lines", sa.Text, nullable=False),
+    sa.Column("idempotency_key", sa.String(200)),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("user_id", "idempotency_key", name="one_order_per_idempotency_key"),
+)
+
+
+class SqlOrderRepository:
+    def __init__(self, conn: AsyncConnection, seen: list) -> None:
+        self.conn, self.seen = conn, seen
+
+    def _order(self, row: sa.Row) -> Order:
+        order = Order(row.id, row.user_id, [OrderLine(**line) for line in json.loads(row.lines)], row.status,
+                      row.reason, row.idempotency_key)
+        self.seen.append(order)
+        return order
+
+    async def add(self, order: Order) -> None:
+        await self.conn.execute(orders.insert().values(
+            id=order.id, user_id=order.user_id, status=order.status, reason=order.reason,
+            lines=json.dumps([vars(line) for line in order.lines]), idempotency_key=order.idempotency_key,
+            created_at=time.time()))
+        self.seen.append(order)
+
+    async def get(self, order_id: str) -> Order | None:
+        row = (await self.conn.execute(sa.select(orders).where(orders.c.id == order_id))).first()
+        return self._order(row) if row else None
+
+    async def save(self, order: Order) -> None:
+        await self.conn.execute(orders.update().where(orders.c.id == order.id)
+                                .values(status=order.status, reason=order.reason))
+
+    async def for_user(self, user_id: str) -> list[Order]:
+        rows = (await self.conn.execute(sa.select(orders).where(orders.c.user_id == user_id)
+                                        .order_by(orders.c.created_at.desc()).limit(100))).all()
+        return [self._order(r) for r in rows]
+
+    async def by_idempotency_key(self, user_id: str, key: str) -> Order | None:
+        row = (await self.conn.execute(sa.select(orders).where(
+            orders.c.user_id == user_id, orders.c.idempotency_key == key))).first()
+        return self._order(row) if row else None
+
+
+class SqlOrderUnitOfWork(SqlUnitOfWork):
+    async def __aenter__(self) -> "SqlOrderUnitOfWork":
+        await super().__aenter__()
+        self.orders = SqlOrderRepository(self.conn, self.seen)
+        return self

@@ -1,0 +1,100 @@
+"""The order service's HTTP API (public through the gateway as /api/orders)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import httpx
+from fastapi import APIRouter, Header, HTTPException, Request, Response
+from pydantic import BaseModel, Field
+
+from msa_kit.identity import CurrentCaller
+from msa_kit.problems import problem
+
+from ..adapters.clients import UserClient
+from ..domain.model import CannotCancel, InvalidOrder, Order
+from ..service_layer import services
+from ..service_layer.ports import PricesUnavailable
+
+router = APIRouter(tags=["orders"])
+
+
+class ItemIn(BaseModel):
+    sku: str = Field(min_length=1, max_length=64)
+    quantity: int = Field(gt=0, le=1000)
+
+
+class PlaceOrder(BaseModel):
+    items: list[ItemIn] = Field(min_length=1, max_length=100)
+
+
+class LineOut(BaseModel):
+    sku: str
+    quantity: int
+    unit_price_cents: int
+
+
+class OrderOut(BaseModel):
+    id: str
+    user_id: str
+    status: str
+    reason: str | None = None
+    lines: list[LineOut]
+    total_cents: int
+
+
+def _out(order: Order) -> dict:
+    return {"id": order.id, "user_id": order.user_id, "status": order.status, "reason": order.reason,
+            "lines": [vars(line) for line in order.lines], "total_cents": order.total_cents}
+
+
+@router.post("/orders", status_code=201, response_model=OrderOut)
+async def place_order(body: PlaceOrder, caller: CurrentCaller, request: Request, response: Response,
+                      idempotency_key: Annotated[str | None, Header(max_length=200)] = None):
+    platform = request.app.state.platform
+    items = [services.Item(i.sku, i.quantity) for i in body.items]
+    try:
+        order, created = await services.place_order(
+            platform.uow(), UserClient(platform.http), request.app.state.prices, caller.user_id, items,
+            idempotency_key)
+    except InvalidOrder as exc:
+        return problem(422, "Invalid order", f"{exc.field}: {exc}", instance="/orders",
+                       errors=[{"field": exc.field, "message": str(exc)}])
+    except PricesUnavailable as exc:
+        return problem(503, "Prices unavailable", f"the catalog cannot be asked and no recent price is known: {exc}",
+                       instance="/orders", headers={"Retry-After": "5"})
+    except services.UnknownUser:
+        raise HTTPException(403, "the caller's account does not exist") from None
+    except httpx.HTTPStatusError as exc:
+        return problem(502, "Dependency failed", f"{exc.request.url.host} answered {exc.response.status_code}",
+                       instance="/orders")
+    if not created:
+        response.status_code = 200
+    return _out(order)
+
+
+@router.get("/orders/{order_id}", response_model=OrderOut)
+async def get_order(order_id: str, caller: CurrentCaller, request: Request):
+    async with request.app.state.platform.uow(read_only=True) as uow:
+        order = await uow.orders.get(order_id)
+    if order is None or order.user_id != caller.user_id:
+        raise HTTPException(404, f"no order {order_id}")
+    return _out(order)
+
+
+@router.get("/orders", response_model=list[OrderOut])
+async def list_orders(caller: CurrentCaller, request: Request):
+    async with request.app.state.platform.uow(read_only=True) as uow:
+        return [_out(o) for o in await uow.orders.for_user(caller.user_id)]
+
+
+@router.post("/orders/{order_id}/cancel", response_model=OrderOut)
+async def cancel_order(order_id: str, caller: CurrentCaller, request: Request):
+    try:
+        async with request.app.state.platform.uow() as uow:
+            order = await services.cancel_order(uow, caller.user_id, order_id)
+    except CannotCancel as exc:
+        raise HTTPException(409, str(exc)) from None
+    if order is None:
+        raise HTTPException(404, f"no order {order_id}")
+    return _out(order)

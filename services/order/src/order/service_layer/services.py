@@ -1,0 +1,67 @@
+"""The order service's use cases: place an order; react to the catalog's answer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ..domain.model import InvalidOrder, Order, OrderLine
+from .ports import OrderUnitOfWork, PriceList, UserDirectory
+
+
+class UnknownUser(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Item:
+    sku: str
+    quantity: int
+
+
+async def place_order(uow: OrderUnitOfWork, users: UserDirectory, catalog: PriceList, user_id: str,
+                      items: list[Item], idempotency_key: str | None = None) -> tuple[Order, bool]:
+    """Returns the order and whether it was created now (False: an earlier request with the same key)."""
+    if idempotency_key:
+        async with uow:
+            earlier = await uow.orders.by_idempotency_key(user_id, idempotency_key)
+        if earlier is not None:
+            return earlier, False
+    # The calls to other services happen outside any transaction: a database lock must never wait on the network.
+    if not await users.exists(user_id):
+        raise UnknownUser(user_id)
+    prices = await catalog.prices(sorted({item.sku for item in items}))
+    for i, item in enumerate(items):
+        if item.sku not in prices:
+            raise InvalidOrder(f"items[{i}].sku", f"no product with sku {item.sku!r}")
+    order = Order.place(user_id, [OrderLine(it.sku, it.quantity, prices[it.sku]) for it in items], idempotency_key)
+    async with uow:
+        if idempotency_key:  # a concurrent request with the same key may have won the race meanwhile
+            earlier = await uow.orders.by_idempotency_key(user_id, idempotency_key)
+            if earlier is not None:
+                return earlier, False
+        await uow.orders.add(order)
+        await uow.commit()
+    return order, True
+
+
+async def cancel_order(uow: OrderUnitOfWork, user_id: str, order_id: str) -> Order | None:
+    order = await uow.orders.get(order_id)
+    if order is None or order.user_id != user_id:
+        return None
+    order.cancel()
+    await uow.orders.save(order)
+    await uow.commit()
+    return order
+
+
+async def stock_reserved(uow: OrderUnitOfWork, order_id: str) -> None:
+    order = await uow.orders.get(order_id)
+    if order is not None:
+        order.confirm()
+        await uow.orders.save(order)
+
+
+async def stock_rejected(uow: OrderUnitOfWork, order_id: str, reason: str) -> None:
+    order = await uow.orders.get(order_id)
+    if order is not None:
+        order.reject(reason)
+        await uow.orders.save(order)
