@@ -1,0 +1,199 @@
+"""The `msa` command. Each command is a thin layer over runner.Topology: it prints, the runner does.
+
+Expected failures (RabbitMQ down, a port taken, nothing running) end in one clear message and a non-zero exit,
+never a traceback. Later commands (`msa chaos ...`, `msa load`) go beside these, e.g. as `app.add_typer(...)`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import load as load_generator
+from .canary import canary
+from .chaos import chaos
+from .preflight import mask_url
+from .runner import AlreadyRunning, NotRunning, ProgramStatus, Topology, TopologyError
+from .spec import default_spec
+
+app = typer.Typer(
+    name="msa",
+    help="Run the msa-sandbox topology as local processes and look at it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+_state: dict[str, Path | None] = {"var_dir": None}
+
+
+def build_topology() -> Topology:
+    """The topology every command acts on (tests replace this to run stand-in programs)."""
+    return Topology(default_spec(var_dir=_state["var_dir"]))
+
+
+@app.callback()
+def _options(
+    var_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where runtime state, logs and traces live [default: <repo>/var, or $MSA_VAR_DIR]"),
+    ] = None,
+) -> None:
+    _state["var_dir"] = var_dir
+
+
+app.add_typer(chaos, name="chaos")
+app.add_typer(canary, name="canary")
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    # markup=False: messages quote supervisord states like [BACKOFF], which rich would take for markup.
+    err.print(message, style="red", markup=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+@app.command()
+def up(
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for everything to be healthy")] = 20.0,
+) -> None:
+    """Start the whole topology and wait until every instance is healthy."""
+    topo = build_topology()
+    try:
+        with console.status("Starting: waiting for every instance to register as healthy…"):
+            elapsed = topo.up(timeout)
+    except AlreadyRunning:
+        console.print("[green]Already up.[/] (`make status` shows its health, `make down` stops it.)")
+        print_urls(topo)
+        return
+    except TopologyError as exc:
+        raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise fail("Interrupted; stopped everything.", 130) from None
+    print_urls(topo)
+    console.print(
+        f"[green]Up in {elapsed:.1f} s.[/] Crashed processes are restarted by supervisord. "
+        "`make status` shows health, `make down` stops everything."
+    )
+
+
+@app.command()
+def down() -> None:
+    """Stop everything; afterwards nothing of ours is running or listening."""
+    topo = build_topology()
+    try:
+        with console.status("Stopping…"):
+            stopped = topo.down()
+    except TopologyError as exc:
+        raise fail(str(exc)) from None
+    console.print("Stopped. Nothing is left running." if stopped else "Nothing was running.")
+
+
+@app.command()
+def status() -> None:
+    """What runs, its health, and whether discovery lists it as passing. Exit 1 unless all is well."""
+    topo = build_topology()
+    try:
+        rows = topo.status()
+    except NotRunning as exc:
+        console.print(str(exc), markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    console.print(status_table(rows, {r.name: guards(r) for r in rows if r.passing is not None and r.healthy}))
+    if not all(r.healthy and r.passing is not False for r in rows):
+        raise typer.Exit(1)
+
+
+def guards(row: ProgramStatus) -> tuple[str, str]:
+    """(breakers that are not closed, active faults) of one instance, from its admin API; '?' if it won't say."""
+    import httpx
+
+    from .spec import admin_token
+
+    headers = {"Authorization": f"Bearer {admin_token()}"}
+    try:
+        targets = httpx.get(row.url + "/admin/resilience", headers=headers, timeout=2).json()["targets"]
+        faults = httpx.get(row.url + "/admin/faults", headers=headers, timeout=2).json()["faults"]
+    except (httpx.HTTPError, ValueError, KeyError):
+        return "?", "?"
+    breakers = ", ".join(f"{svc}: {t['breaker']['state']}" for svc, t in targets.items()
+                         if t["breaker"]["state"] != "closed")
+    active = ", ".join(f["kind"] + (f" {f['route']}" if f["route"] else "") for f in faults)
+    return breakers or "closed", active or "–"
+
+
+def urls_table(topo: Topology) -> Table:
+    spec = topo.spec
+    table = Table(title="msa-sandbox", title_justify="left")
+    table.add_column("")
+    table.add_column("URL", overflow="fold")  # never truncated with "…": a person copies these
+    table.add_column("API docs")
+    for p in spec.programs:
+        home = p.url if p.home == "/" else p.url + p.home
+        table.add_row(p.name, home, p.docs or "")
+    table.add_row("RabbitMQ", mask_url(spec.amqp_url), "")
+    return table
+
+
+def print_urls(topo: Topology) -> None:
+    console.print(urls_table(topo))
+    var = topo.spec.var_dir
+    console.print(f"logs:   {_shown(var / 'log')}/<program>.log\ntraces: {_shown(var / 'traces')}", soft_wrap=True)
+
+
+def status_table(rows: list[ProgramStatus], guards: dict[str, tuple[str, str]] | None = None) -> Table:
+    guards = guards or {}
+    table = Table()
+    # Names and one-word states are never cut or folded (people read them, and type names into `msa chaos`);
+    # only the free-text columns fold when the terminal is narrow.
+    for col in ("program", "state", "pid", "port", "health", "passing"):
+        table.add_column(col, no_wrap=True)
+    for col in ("breakers", "faults"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        state = r.state if r.state == "RUNNING" else f"[yellow]{r.state}[/]"
+        health = f"[green]{r.health}[/]" if r.healthy else f"[red]{r.health}[/]"
+        passing = {None: "–", True: "[green]yes[/]", False: "[red]no[/]"}[r.passing]
+        breakers, faults = guards.get(r.name, ("–", "–"))
+        breakers = breakers if breakers in ("closed", "–", "?") else f"[yellow]{breakers}[/]"
+        faults = faults if faults in ("–", "?") else f"[red]{faults}[/]"
+        table.add_row(r.name, state, str(r.pid or "–"), str(r.port), health, passing, breakers, faults)
+    return table
+
+
+def _shown(path: Path) -> str:
+    # var/log reads better than /home/me/src/msa-sandbox/var/log when run from the repo.
+    rel = os.path.relpath(path)
+    return rel if not rel.startswith("..") else str(path)
+
+
+def main() -> None:
+    app(prog_name="msa")
+
+
+@app.command()
+def load(
+    rate: Annotated[float, typer.Option(min=0.1, max=load_generator.MAX_RATE, help="user steps per second")] = 10.0,
+    seconds: Annotated[float, typer.Option(min=1, max=load_generator.MAX_SECONDS, help="how long")] = 30.0,
+) -> None:
+    """Realistic traffic through the gateway, reported live: success rate and latency, second by second."""
+    import asyncio
+
+    import httpx
+
+    gateway = build_topology().spec.program("gateway").url
+    try:
+        report = asyncio.run(load_generator.run(gateway, rate, seconds))
+    except httpx.HTTPError as exc:
+        raise fail(f"the gateway at {gateway} is not answering ({type(exc).__name__}); is the sandbox up?") from None
+    except KeyboardInterrupt:
+        raise fail("Interrupted.", 130) from None
+    failed = sum(report.total.failures.values())
+    console.print(f"{report.total.requests} requests, {failed} failed.")
+    if failed:
+        raise typer.Exit(1)
