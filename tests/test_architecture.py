@@ -1,0 +1,62 @@
+"""The hexagonal boundaries of DESIGN §4, checked on the source: a violation fails here, not in review."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVICES = ["user", "catalog", "order"]
+FRAMEWORKS = {"fastapi", "starlette", "sqlalchemy", "aio_pika", "aiormq", "httpx", "aiohttp", "consul", "pydantic"}
+
+
+def imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def files(pattern: str) -> list[Path]:
+    return sorted(ROOT.glob(pattern))
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_domain_imports_the_standard_library_only(service):
+    for path in files(f"services/{service}/src/{service}/domain/*.py"):
+        outside = {m for m in imports(path) if m not in sys.stdlib_module_names and m != "__future__"}
+        assert not outside, f"{path.relative_to(ROOT)} imports {outside}"
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_service_layer_knows_no_framework_or_driver(service):
+    for path in files(f"services/{service}/src/{service}/service_layer/*.py"):
+        bad = imports(path) & FRAMEWORKS
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_services_never_import_each_other(service):
+    others = set(SERVICES) - {service}
+    for path in files(f"services/{service}/src/**/*.py"):
+        bad = imports(path) & others
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}: talk over HTTP or events instead"
+
+
+def test_the_kit_never_imports_a_service_or_a_server():
+    servers = set(SERVICES) | {"msa_gateway", "msa_discovery", "msa_config_server", "msa_cli"}
+    for path in files("libs/msa_kit/src/**/*.py"):
+        bad = imports(path) & servers
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_the_rules_see_the_code():
+    # Guard against the globs above silently matching nothing after a move.
+    assert len(files("services/*/src/*/domain/*.py")) >= 3
+    assert len(files("libs/msa_kit/src/msa_kit/*.py")) >= 5
