@@ -59,7 +59,7 @@ class Pinger:
 async def kit_throughput(n: int, tmp: Path) -> float:
     from pydantic import BaseModel
 
-    from msa_kit.events import EventBus, InboxDispatcher
+    from msa_kit.events import EventBus, Inbox, InboxDispatcher
     from msa_kit.runtime import Runtime
     from msa_kit.sql import OutboxRelay, SqlUnitOfWork, add_messaging_tables, create_schema, database_engine
 
@@ -93,7 +93,7 @@ async def kit_throughput(n: int, tmp: Path) -> float:
 
     consumer_bus = EventBus(consumer_rt, prefetch=100)
     consumer_bus.subscribe(Pinged.type, InboxDispatcher(
-        lambda: SqlUnitOfWork(engine_c, outbox_c, inbox_c, "/consumer"), PingedV1, on_ping))
+        Inbox(lambda: SqlUnitOfWork(engine_c, outbox_c, inbox_c, "/consumer"), max_batch=100), PingedV1, on_ping))
     consumer_bus.start()
     await consumer_bus.connected.wait()
     producer_bus = EventBus(producer_rt)

@@ -211,25 +211,125 @@ class EventBus:
 M = TypeVar("M", bound=BaseModel)
 
 
-class InboxDispatcher(Generic[M]):
-    """Parses the payload into its typed model at the edge, then applies the event at most once: its id is stored
-    in the same transaction as its effect."""
+@dataclasses.dataclass
+class _Delivery:
+    event: CloudEvent
+    apply: Callable[[Any], Awaitable[None]]
+    context: otel_context.Context
+    done: asyncio.Future[None]
 
-    def __init__(self, uow_factory: Callable[[], Any], model: type[M], handler: Callable[[M, Any], Awaitable[None]],
+
+class Inbox:
+    """Applies consumed events at most once — each event's id is stored in the transaction that holds its effect —
+    and many events per transaction: a group commit, as databases do with their log.
+
+    Deliveries arrive as concurrent tasks (up to the prefetch). While one transaction runs, the next ones queue;
+    the next transaction takes every queued delivery (up to `max_batch`), so under load one BEGIN/COMMIT (and one
+    trip through SQLite's single writer) serves many events, and with one event in flight nothing waits. A handler
+    that fails rolls the shared transaction back; that event alone takes the failure path (retry, dead letter) and
+    the others are applied again one per transaction. Outbox rows a handler raises carry that event's own trace
+    context, not the batch's.
+    """
+
+    def __init__(self, uow_factory: Callable[[], Any], *, max_batch: int = 100) -> None:
+        self.uow_factory, self.max_batch = uow_factory, max_batch
+        self._queue: list[_Delivery] = []
+        self._worker: asyncio.Task[None] | None = None
+
+    async def apply(self, event: CloudEvent, apply: Callable[[Any], Awaitable[None]]) -> None:
+        """Returns once `apply(uow)` is committed (or the event was a duplicate); raises what it raised."""
+        delivery = _Delivery(event, apply, otel_context.get_current(), asyncio.get_running_loop().create_future())
+        delivery.done.add_done_callback(_retrieved)  # nobody may be left to await it (below)
+        self._queue.append(delivery)
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._drain(), name="inbox")
+        # A cancelled delivery (the broker connection dropped) may still be committed: it was not acked, so it
+        # comes again and is then a duplicate.
+        await asyncio.shield(delivery.done)
+
+    async def _drain(self) -> None:
+        while self._queue:
+            # Deliveries come in bursts (the broker pushes up to the prefetch at once, a task each): let the ones
+            # already running reach the queue before taking the batch. It costs no waiting, only one loop turn.
+            await asyncio.sleep(0)
+            batch = self._queue[:self.max_batch]
+            del self._queue[:len(batch)]
+            try:
+                await self._apply(batch)
+            except BaseException:  # cancelled while applying (shutdown): nobody waits in vain
+                for d in batch + self._queue:
+                    _settle(d, ConnectionError("the inbox stopped"))
+                self._queue.clear()
+                raise
+
+    async def _apply(self, batch: list[_Delivery]) -> None:
+        failed: tuple[_Delivery, Exception] | None = None
+        try:
+            async with self.uow_factory() as uow:
+                seen = await uow.processed([d.event.id for d in batch])
+                applied = []
+                for d in batch:
+                    if d.event.id in seen:
+                        log.info("duplicate %s %s ignored", d.event.type, d.event.id)
+                        continue
+                    token = otel_context.attach(d.context)
+                    try:
+                        await d.apply(uow)
+                        uow.stage_new_events()
+                    except Exception as exc:
+                        failed = (d, exc)
+                        break
+                    finally:
+                        otel_context.detach(token)
+                    seen.add(d.event.id)
+                    applied.append(d)
+                if failed is None:
+                    await uow.mark_processed([(d.event.id, d.event.type) for d in applied])
+                    await uow.commit()
+        except Exception as exc:  # the database failed: every event of the batch fails alike, and is retried
+            for d in batch:
+                _settle(d, exc)
+            return
+        if failed is None:
+            for d in batch:
+                _settle(d, None)
+            return
+        _settle(*failed)
+        for d in batch:
+            if d is not failed[0]:
+                await self._apply([d])
+
+
+def _retrieved(done: asyncio.Future[None]) -> None:
+    if not done.cancelled():
+        done.exception()
+
+
+def _settle(delivery: _Delivery, exc: BaseException | None) -> None:
+    if delivery.done.done():
+        return
+    if exc is None:
+        delivery.done.set_result(None)
+    else:
+        delivery.done.set_exception(exc)
+
+
+class InboxDispatcher(Generic[M]):
+    """Parses the payload into its typed model at the edge, then has the inbox apply the event at most once."""
+
+    def __init__(self, inbox: Inbox, model: type[M], handler: Callable[[M, Any], Awaitable[None]],
                  failing: Callable[[str], bool] = lambda _type: False) -> None:
-        self.uow_factory, self.model, self.handler, self.failing = uow_factory, model, handler, failing
+        self.inbox, self.model, self.handler, self.failing = inbox, model, handler, failing
 
     async def __call__(self, event: CloudEvent) -> None:
         try:
             payload = self.model.model_validate(event.data)
         except ValidationError as exc:
             raise PoisonMessage(f"{event.type} payload rejected by {self.model.__name__}: {exc.errors()[0]}") from None
-        async with self.uow_factory() as uow:
-            if await uow.already_processed(event.id):
-                log.info("duplicate %s %s ignored", event.type, event.id)
-                return
+
+        async def apply(uow: Any) -> None:
             if self.failing(event.type):
                 raise InjectedFault(f"injected failure for {event.type} (faults.failing_events)")
             await self.handler(payload, uow)
-            await uow.mark_processed(event.id, event.type)
-            await uow.commit()
+
+        await self.inbox.apply(event, apply)

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 
 from .balancing import STRATEGIES
 from .discovery import Discovery, ServiceRegistration, consul_client
-from .events import EventBus, InboxDispatcher
+from .events import EventBus, Inbox, InboxDispatcher
 from .faults import FaultBook, HttpFault
 from .guards import OutlierPolicy, RetryPolicy
 from .resilience import BreakerPolicy, Policies, ResilientStack, service_client
@@ -123,9 +123,10 @@ class Platform:
         self.meta = {"version": os.environ.get("MSA_VERSION") or "v1", **(meta or {})}
         self.metadata, self.uow_class = metadata, uow_class
         self.engine = database_engine(rt) if metadata is not None else None
-        self.outbox, self.inbox = add_messaging_tables(metadata) if metadata is not None else (None, None)
+        self.outbox, self.inbox_table = add_messaging_tables(metadata) if metadata is not None else (None, None)
         self.bus = EventBus(rt, max_attempts=settings.events.max_attempts, prefetch=settings.events.prefetch)
         self.relay = OutboxRelay(self.engine, self.outbox, self.bus) if self.engine is not None else None
+        self.inbox = Inbox(self.uow, max_batch=settings.events.prefetch)
         self.discovery: Discovery
         self.http: httpx.AsyncClient
         self.resilience: ResilientStack
@@ -138,15 +139,15 @@ class Platform:
     # -- composition (bootstrap) -------------------------------------------------------------------------------
     def uow(self, *, read_only: bool = False) -> SqlUnitOfWork:
         """A unit of work on the service's database; `read_only` ones never wait for (or hold) the write lock."""
-        assert self.engine is not None and self.outbox is not None and self.inbox is not None
-        return self.uow_class(self.engine, self.outbox, self.inbox, source=f"/{self.rt.service}",
+        assert self.engine is not None and self.outbox is not None and self.inbox_table is not None
+        return self.uow_class(self.engine, self.outbox, self.inbox_table, source=f"/{self.rt.service}",
                               on_commit=self.relay.wake if self.relay else lambda: None, read_only=read_only)
 
     def handle(self, event_type: str, model: type[M], handler: Callable[[M, Any], Awaitable[None]]) -> None:
         """Consume `event_type`: its payload is parsed into `model`, then `handler(payload, uow)` runs at most once
-        per event, inside one transaction."""
+        per event, inside a transaction (shared with other events consumed at the same time: `Inbox`)."""
         self.bus.subscribe(event_type, InboxDispatcher(
-            self.uow, model, handler, failing=lambda t: t in self.settings.faults.failing_events))
+            self.inbox, model, handler, failing=lambda t: t in self.settings.faults.failing_events))
 
     def policies(self, *, retries: bool = True) -> Policies:
         """The resilient client's knobs, read from self.settings on every call: a refresh applies at once."""

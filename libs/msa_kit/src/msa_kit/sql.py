@@ -10,13 +10,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 import time
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Generator
+
+import aiosqlite
 
 import sqlalchemy as sa
 from prometheus_client import Counter
-from sqlalchemy import event
+from sqlalchemy import event, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from .events import CloudEvent, EventBus
@@ -51,24 +55,96 @@ def add_messaging_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:
     return outbox, inbox
 
 
-def database_engine(rt: Runtime) -> AsyncEngine:
-    url = rt.database_url or f"sqlite+aiosqlite:///{rt.path('data', f'{rt.service}.db')}"
-    engine = create_async_engine(url)
-    if engine.dialect.name == "sqlite":
-        @event.listens_for(engine.sync_engine, "connect")
-        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-            dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (SQLAlchemy's documented recipe)
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=10000")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.close()
+class InlineSqlite(aiosqlite.Connection):
+    """aiosqlite's interface without its worker thread: each call runs at once, on the event loop's thread.
 
-        @event.listens_for(engine.sync_engine, "begin")
-        def _on_begin(conn: Any) -> None:
-            # A writer takes the write lock up front; a reader (WAL: never blocked by the writer) does not.
-            conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("read_only") else "BEGIN IMMEDIATE")
+    aiosqlite hands every call (cursor, execute, fetch, close, commit, ...: twelve for a small write transaction
+    through SQLAlchemy) to a thread and back, and those hand-offs cost more CPU than everything else a transaction
+    does (bench/sql_bench.py measures both drivers side by side); they were most of what a service spent on an
+    order. SQLite on a local file in WAL mode answers in microseconds and readers never wait;
+    the one call that can wait — a writer taking the write lock another process holds — is not allowed to block
+    the loop: BEGIN IMMEDIATE runs with no busy timeout and `begin()` retries it after an asyncio sleep.
+    """
+
+    async def _execute(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    def __await__(self) -> Generator[Any, None, "InlineSqlite"]:
+        return self._connect().__await__()
+
+    async def _connect(self) -> "InlineSqlite":
+        if self._connection is None:
+            self._connection = self._connector()
+        return self
+
+    def stop(self) -> None:
+        self._running = False
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    @classmethod
+    async def open(cls, path: str) -> "InlineSqlite":
+        # isolation_level=None: SQLite's own autocommit; we emit BEGIN ourselves (SQLAlchemy's documented recipe)
+        return await cls(lambda: sqlite3.connect(path, isolation_level=None), 64)
+
+
+BUSY_TIMEOUT_MS = 1000  # the rare waits of a reader (another process opening or closing the WAL): bounded
+LOCK_WAIT_S = 10.0  # how long a writer waits for another process's write transaction before giving up
+
+
+def database_engine(rt: Runtime) -> AsyncEngine:
+    url = make_url(rt.database_url or f"sqlite+aiosqlite:///{rt.path('data', f'{rt.service}.db')}")
+    if url.drivername != "sqlite+aiosqlite":
+        return create_async_engine(url)
+    path = url.database or ":memory:"
+    engine = create_async_engine(url, async_creator=lambda: InlineSqlite.open(path))
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # A reader (WAL: never blocked by the writer) takes no lock; so does any plain engine.connect(). A writer
+        # (`begin()`) takes the write lock up front, and fails at once if another process holds it: it then waits
+        # in asyncio, not in SQLite's busy handler on the loop's thread.
+        if not conn.get_execution_options().get("msa_writer"):
+            conn.exec_driver_sql("BEGIN")
+            return
+        raw = conn.connection.driver_connection._conn
+        raw.execute("PRAGMA busy_timeout=0")
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        finally:
+            raw.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     return engine
+
+
+async def begin(engine: AsyncEngine, *, read_only: bool = False) -> AsyncConnection:
+    """A connection in a new transaction. On SQLite a writer whose BEGIN IMMEDIATE finds the write lock taken by
+    another process (the other instance of the service) sleeps in asyncio and tries again, up to LOCK_WAIT_S."""
+    delay, deadline = 0.0005, asyncio.get_running_loop().time() + LOCK_WAIT_S
+    while True:
+        conn = await engine.connect()
+        try:
+            await conn.execution_options(msa_writer=not read_only)
+            await conn.begin()
+            return conn
+        except OperationalError as exc:
+            await asyncio.shield(conn.close())
+            locked = "database is locked" in str(exc) or "database is busy" in str(exc)
+            if not locked or asyncio.get_running_loop().time() > deadline:
+                raise
+        except BaseException:
+            await asyncio.shield(conn.close())
+            raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.01)
 
 
 class SchemaOutdated(RuntimeError):
@@ -87,7 +163,7 @@ async def create_schema(engine: AsyncEngine, metadata: sa.MetaData) -> None:
             missing += [f"{table.name}.{c.name}" for c in table.columns if c.name not in have]
         return missing
 
-    async with engine.begin() as conn:
+    async with _transaction(engine) as conn:
         missing = await conn.run_sync(create_and_check)
     if missing:
         raise SchemaOutdated(f"the database at {engine.url.database or engine.url} was made by an older version "
@@ -109,8 +185,12 @@ async def _transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     if lock:
         await lock.acquire()
     try:
-        async with engine.begin() as conn:
+        conn = await begin(engine)
+        try:
             yield conn
+            await conn.commit()
+        finally:
+            await asyncio.shield(conn.close())  # rolls back what was not committed
     finally:
         if lock:
             lock.release()
@@ -125,6 +205,7 @@ class SqlUnitOfWork(UnitOfWork):
         self.engine, self.outbox, self.inbox, self.source, self.on_commit = engine, outbox, inbox, source, on_commit
         self.read_only = read_only
         self.conn: AsyncConnection
+        self._staged: list[dict[str, Any]] = []
 
     async def __aenter__(self) -> "SqlUnitOfWork":
         # SQLite has one writer at a time. Queue this process's transactions here, in asyncio, instead of letting
@@ -133,10 +214,7 @@ class SqlUnitOfWork(UnitOfWork):
         if self._lock:
             await self._lock.acquire()
         try:
-            self.conn = await self.engine.connect()
-            if self.read_only:
-                await self.conn.execution_options(read_only=True)
-            await self.conn.begin()
+            self.conn = await begin(self.engine, read_only=self.read_only)
         except BaseException:
             if self._lock:
                 self._lock.release()
@@ -159,32 +237,40 @@ class SqlUnitOfWork(UnitOfWork):
         finally:
             await self.conn.close()
 
-    async def commit(self) -> None:
-        if self.read_only:
-            raise RuntimeError("a read-only unit of work cannot commit")
+    def stage_new_events(self) -> None:
         new = self.collect_new_events()
         if new:
             trace = json.dumps(carrier())
             now = time.time()
-            await self.conn.execute(self.outbox.insert(), [
+            self._staged += [
                 {"event_id": ce.id, "event_type": ce.type, "subject": ce.subject, "envelope": ce.model_dump_json(),
                  "trace": trace, "created_at": now}
-                for ce in (CloudEvent.from_domain(self.source, subject, e) for subject, e in new)])
+                for ce in (CloudEvent.from_domain(self.source, subject, e) for subject, e in new)]
+
+    async def commit(self) -> None:
+        if self.read_only:
+            raise RuntimeError("a read-only unit of work cannot commit")
+        self.stage_new_events()
+        rows, self._staged = self._staged, []
+        if rows:
+            await self.conn.execute(self.outbox.insert(), rows)
         await self.conn.commit()
-        if new:
+        if rows:
             self.on_commit()
 
     async def rollback(self) -> None:
         if self.conn.in_transaction():
             await self.conn.rollback()
 
-    async def already_processed(self, event_id: str) -> bool:
-        row = await self.conn.execute(sa.select(self.inbox.c.event_id).where(self.inbox.c.event_id == event_id))
-        return row.first() is not None
+    async def processed(self, event_ids: list[str]) -> set[str]:
+        rows = await self.conn.execute(sa.select(self.inbox.c.event_id).where(self.inbox.c.event_id.in_(event_ids)))
+        return set(rows.scalars())
 
-    async def mark_processed(self, event_id: str, event_type: str) -> None:
-        await self.conn.execute(self.inbox.insert().values(
-            event_id=event_id, event_type=event_type, processed_at=time.time()))
+    async def mark_processed(self, events: list[tuple[str, str]]) -> None:
+        if events:
+            now = time.time()
+            await self.conn.execute(self.inbox.insert(), [
+                {"event_id": event_id, "event_type": event_type, "processed_at": now} for event_id, event_type in events])
 
 
 class OutboxRelay:

@@ -39,8 +39,14 @@ class UnitOfWork(abc.ABC):
     @abc.abstractmethod
     async def rollback(self) -> None: ...
 
-    @abc.abstractmethod
-    async def already_processed(self, event_id: str) -> bool: ...
+    def stage_new_events(self) -> None:
+        """Take the events raised so far for the outbox now, under the current trace context (a transaction that
+        applies several consumed events stages after each, so each outbox row continues its own trace)."""
 
     @abc.abstractmethod
-    async def mark_processed(self, event_id: str, event_type: str) -> None: ...
+    async def processed(self, event_ids: list[str]) -> set[str]:
+        """Which of these consumed events this service has already applied."""
+
+    @abc.abstractmethod
+    async def mark_processed(self, events: list[tuple[str, str]]) -> None:
+        """Record (event id, event type) pairs as applied, in this transaction."""

@@ -55,8 +55,8 @@ async def place_order(body: PlaceOrder, caller: CurrentCaller, request: Request,
     items = [services.Item(i.sku, i.quantity) for i in body.items]
     try:
         order, created = await services.place_order(
-            platform.uow(), UserClient(platform.http), request.app.state.prices, caller.user_id, items,
-            idempotency_key)
+            platform.uow(), platform.uow(read_only=True), UserClient(platform.http), request.app.state.prices,
+            caller.user_id, items, idempotency_key)
     except InvalidOrder as exc:
         return problem(422, "Invalid order", f"{exc.field}: {exc}", instance="/orders",
                        errors=[{"field": exc.field, "message": str(exc)}])

@@ -17,12 +17,13 @@ class Item:
     quantity: int
 
 
-async def place_order(uow: OrderUnitOfWork, users: UserDirectory, catalog: PriceList, user_id: str,
-                      items: list[Item], idempotency_key: str | None = None) -> tuple[Order, bool]:
-    """Returns the order and whether it was created now (False: an earlier request with the same key)."""
+async def place_order(uow: OrderUnitOfWork, reads: OrderUnitOfWork, users: UserDirectory, catalog: PriceList,
+                      user_id: str, items: list[Item], idempotency_key: str | None = None) -> tuple[Order, bool]:
+    """Returns the order and whether it was created now (False: an earlier request with the same key).
+    `reads` is a read-only unit of work: looking a key up never waits for, or holds, the database's one writer."""
     if idempotency_key:
-        async with uow:
-            earlier = await uow.orders.by_idempotency_key(user_id, idempotency_key)
+        async with reads:
+            earlier = await reads.orders.by_idempotency_key(user_id, idempotency_key)
         if earlier is not None:
             return earlier, False
     # The calls to other services happen outside any transaction: a database lock must never wait on the network.
