@@ -7,7 +7,10 @@ What runs, all on 127.0.0.1 free ports, all stopped at the end:
 - the backend: one uvicorn process (uvloop, httptools) serving a FastAPI endpoint, `GET /item`, small JSON,
   registered in discovery as `bench`;
 - nginx as a reverse proxy to the same backend (keep-alive upstream, access log on), with 1 worker process (one
-  process, like the gateway) and with `worker_processes auto`.
+  process, like the gateway) and with `worker_processes auto`;
+- the ceiling of a Python proxy on this box: the smallest proxy that can be written with the issue's reference
+  stack (uvicorn + uvloop + httptools, a raw ASGI callable, aiohttp's client with a keep-alive pool) — no routes,
+  no auth, no tracing, no log, no resilience. The gateway runs one process (one event loop), like it.
 
 nginx and wrk come from Debian: `apt-get update && apt-get install -y nginx-light wrk` (or `nginx`). Without
 wrk nothing can be measured; without nginx its rows are skipped and the table says so. Needs a RabbitMQ at
@@ -69,6 +72,40 @@ def serve_backend(port: int) -> None:
         async with httpx.AsyncClient() as c:
             await c.put(f"{consul}/v1/agent/service/register",
                         json={"Name": "bench", "ID": f"bench-{port}", "Address": "127.0.0.1", "Port": port})
+
+    uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", access_log=False,
+                log_level="warning")
+
+
+# -- the ceiling: a minimal Python proxy (this file, run as a program) ----------------------------------------------
+
+def serve_minimal_proxy(port: int, backend: int) -> None:
+    """GET/HEAD only, whole bodies: what a Python proxy costs before it does anything a gateway must do."""
+    import aiohttp
+    import uvicorn
+
+    session: aiohttp.ClientSession | None = None
+    upstream = f"http://127.0.0.1:{backend}"
+
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        nonlocal session
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=500), auto_decompress=False)
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await session.close()  # type: ignore[union-attr]
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k != b"host"]
+        assert session is not None
+        async with session.request(scope["method"], upstream + scope["path"], headers=headers) as r:
+            body = await r.read()
+            await send({"type": "http.response.start", "status": r.status,
+                        "headers": [(k, v) for k, v in r.raw_headers if k.lower() not in (b"date", b"server")]})
+            await send({"type": "http.response.body", "body": body})
 
     uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", access_log=False,
                 log_level="warning")
@@ -195,7 +232,7 @@ def measure(seconds: float, runs: int = 1, nginx_auto: bool = True, warmup: floa
         gateway_yml = config_repo / "gateway.yml"
         gateway_yml.write_text(gateway_yml.read_text().replace("  routes:\n", "  routes:\n" + BENCH_ROUTE, 1))
         ports = Ports.free()
-        backend_port, nginx1_port, nginx_auto_port = free_ports(3)
+        backend_port, nginx1_port, nginx_auto_port, minimal_port = free_ports(4)
         namespace = f"bench-{uuid.uuid4().hex[:8]}."
         sampler = {k: v for k, v in os.environ.items() if k.startswith("OTEL_TRACES_SAMPLER")}  # tracing's cost
         spec = default_spec(ports, var_dir=tmpdir / "var", namespace=namespace, config_repo=config_repo,
@@ -204,14 +241,14 @@ def measure(seconds: float, runs: int = 1, nginx_auto: bool = True, warmup: floa
                                             str(backend_port)), backend_port, registers=("bench",), priority=100)
         programs = [p for p in spec.programs if not p.name.startswith(("user-", "catalog-", "order-"))] + [backend]
         topology = Topology(dataclasses.replace(spec, programs=tuple(programs)))
-        nginx_procs: list[subprocess.Popen[bytes]] = []
+        nginx_procs: list[subprocess.Popen[bytes]] = []  # and the minimal proxy
         targets = {"direct (FastAPI backend)": f"http://127.0.0.1:{backend_port}/item",
-                   "gateway": f"http://127.0.0.1:{ports.gateway}/bench/item"}
+                   GATEWAY: f"http://127.0.0.1:{ports.gateway}/bench/item"}
         results: dict[tuple[str, int], list[Result]] = {}
         try:
             took = topology.up(timeout=60)
             print(f"topology up in {took:.1f} s; backend :{backend_port}, gateway :{ports.gateway}", flush=True)
-            wait_http(targets["gateway"])
+            wait_http(targets[GATEWAY])
             if nginx:
                 nginx_procs.append(start_nginx(nginx, tmpdir / "nginx-1", backend_port, nginx1_port, "1"))
                 targets["nginx (1 worker)"] = f"http://127.0.0.1:{nginx1_port}/item"
@@ -219,12 +256,18 @@ def measure(seconds: float, runs: int = 1, nginx_auto: bool = True, warmup: floa
                     nginx_procs.append(start_nginx(nginx, tmpdir / "nginx-auto", backend_port, nginx_auto_port,
                                                    "auto"))
                     targets[f"nginx ({os.cpu_count()} workers)"] = f"http://127.0.0.1:{nginx_auto_port}/item"
+            minimal = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve-minimal-proxy",
+                                        str(minimal_port), str(backend_port)], stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.PIPE, start_new_session=True)
+            nginx_procs.append(minimal)
+            wait_http(f"http://127.0.0.1:{minimal_port}/item", minimal)
+            targets[MINIMAL] = f"http://127.0.0.1:{minimal_port}/item"
             for run in range(runs):
                 for connections in (1, 50):
                     for name, url in targets.items():
                         r = run_wrk(wrk, url, connections, seconds, warmup if run == 0 else 0.0)
                         results.setdefault((name, connections), []).append(r)
-                        print(f"  run {run + 1}/{runs} {name:28} c={connections:<3} {r.rps:9,.0f} req/s  "
+                        print(f"  run {run + 1}/{runs} {name:31} c={connections:<3} {r.rps:9,.0f} req/s  "
                               f"p50 {r.p50_ms:6.2f} ms  p99 {r.p99_ms:6.2f} ms"
                               + (f"  ({r.errors} errors)" if r.errors else ""), flush=True)
         finally:
@@ -235,7 +278,8 @@ def measure(seconds: float, runs: int = 1, nginx_auto: bool = True, warmup: floa
     return Measured(list(targets), results, notes)
 
 
-DIRECT, GATEWAY, NGINX1 = "direct (FastAPI backend)", "gateway", "nginx (1 worker)"
+DIRECT, GATEWAY, NGINX1 = "direct (FastAPI backend)", "gateway (1 process)", "nginx (1 worker)"
+MINIMAL = "minimal Python proxy (ceiling)"
 
 
 def figures(quick: bool) -> list[dict]:
@@ -260,6 +304,7 @@ def figures(quick: bool) -> list[dict]:
         others = [n for n in m.targets if n.startswith("nginx") and n != NGINX1]
         for n in others:
             rps["also"][n] = series(n, c, "rps")
+        rps["also"]["minimal Python proxy"] = series(MINIMAL, c, "rps")
         out.append(rps)
         for q in ("p50_ms", "p99_ms"):
             ref_name = DIRECT if c == 1 else NGINX1
@@ -284,9 +329,13 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=1, help="repeat every row; the table shows medians")
     parser.add_argument("--quick", action="store_true", help="2 s per measurement")
     parser.add_argument("--serve-backend", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-minimal-proxy", type=int, nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_backend:
         serve_backend(args.serve_backend)
+        return 0
+    if args.serve_minimal_proxy:
+        serve_minimal_proxy(*args.serve_minimal_proxy)
         return 0
     seconds = 2.0 if args.quick else args.seconds
 
@@ -302,24 +351,25 @@ def main() -> int:
     print(f"\nwrk -t1, {seconds:g} s per row after a 1 s warm-up, median of {args.runs} run(s), {os.cpu_count()} "
           f"cores shared by everything; "
           f"OTEL_TRACES_SAMPLER={os.environ.get('OTEL_TRACES_SAMPLER', 'parentbased_always_on (default)')}\n")
-    print(f"{'':28} | {'1 connection':^30} | {'50 connections':^30}")
-    print(f"{'':28} | {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}    | {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"{'':31} | {'1 connection':^30} | {'50 connections':^30}")
+    print(f"{'':31} | {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}    | {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
     for name in targets:
         row = []
         for c in (1, 50):
             r = results.get((name, c))
             row.append(f"{r.rps:8,.0f} {r.p50_ms:8.2f} {r.p99_ms:8.2f}   " if r else f"{'-':>8} {'-':>8} {'-':>8}   ")
-        print(f"{name:28} | {row[0]} | {row[1]}")
+        print(f"{name:31} | {row[0]} | {row[1]}")
     direct = results.get((DIRECT, 1))
     for name in targets:
         if name.startswith("direct") or (name, 1) not in results or direct is None:
             continue
         added = (results[(name, 1)].p50_ms - direct.p50_ms) * 1000
         print(f"{name}: adds {added:.0f} µs to p50 at 1 connection", end="")
-        nginx_best = max((results[(n, 50)].rps for n in targets if n.startswith("nginx") and (n, 50) in results),
-                         default=0)
-        if name == "gateway" and nginx_best:
-            print(f"; at 50 connections it does {results[(name, 50)].rps / nginx_best:.0%} of nginx's best", end="")
+        if not name.startswith("nginx") and NGINX1 in targets:
+            # Each run's ratio against nginx in that same run, then the median (the machine's load moves both).
+            shares = [statistics.median(a.rps / b.rps for a, b in zip(m.results[(name, c)], m.results[(NGINX1, c)]))
+                      for c in (1, 50)]
+            print(f"; req/s vs nginx (1 worker): {shares[0]:.0%} at 1 connection, {shares[1]:.0%} at 50", end="")
         print()
     for note in m.notes:
         print(note)

@@ -1,5 +1,6 @@
-"""The gateway's proxy in-process, in front of fake upstreams: tiny functions behind the kit's real balancing and
-breaker transports (an httpx.MockTransport dispatching on port), and a real RSA key pair behind a fake JWKS."""
+"""The gateway's proxy in-process, in front of fake upstreams: tiny functions behind the kit's real guards
+(bulkhead, breaker, balancer) and a stand-in for the lean client that hands each request, as an httpx.Request, to
+the function of its port; and a real RSA key pair behind a fake JWKS. (test_client.py tests the real client.)"""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 import httpx
 import jwt
@@ -15,11 +16,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from msa_gateway.app import GatewaySection, compile_config
 from msa_gateway.auth import ISSUER, JwksVerifier
+from msa_gateway.client import Body, Headers
 from msa_gateway.proxy import Proxy
 from msa_gateway.ratelimit import Buckets, MemoryBuckets
 from msa_gateway.routes import RouteSpec
+from msa_gateway.upstream import Upstreams as UpstreamRouter
 from msa_kit.discovery import Instance
-from msa_kit.resilience import BalancingTransport, BreakerPolicy, BreakerTransport
+from msa_kit.resilience import BalancingTransport, BreakerPolicy, BreakerTransport, Policies, ResilientStack
 
 Handler = Callable[[httpx.Request], Any]
 
@@ -78,6 +81,45 @@ class Upstreams:
     jwks: list[dict[str, Any]] = field(default_factory=list)
 
 
+class MockResponse:
+    """An httpx.Response as the proxy sees an upstream's answer (client.Response)."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response, self.status_code, self.instance = response, response.status_code, ""
+        self.headers = [(n.lower(), v) for n, v in response.headers.raw]
+
+    def whole_body(self) -> bytes | None:
+        return None  # always streamed: the harder path
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        async for chunk in self.response.stream:  # type: ignore[union-attr]
+            yield chunk
+
+    async def read(self) -> bytes:
+        return b"".join([chunk async for chunk in self.chunks()])
+
+    async def aclose(self) -> None:
+        await self.response.stream.aclose()  # type: ignore[union-attr]
+
+
+class MockClient:
+    """client.Pool's interface, answering through `handler` (an httpx.Request in, an httpx.Response out)."""
+
+    def __init__(self, handler: Callable[[httpx.Request], Any]) -> None:
+        self.handler = handler
+
+    async def request(self, host: str, port: int, method: bytes, target: bytes, headers: Headers, body: Body, *,
+                      timeout: float | None, connect_timeout: float | None, tls: bool = False) -> MockResponse:
+        request = httpx.Request(method.decode(), f"{'https' if tls else 'http'}://{host}:{port}{target.decode()}",
+                                headers=[(b"host", f"{host}:{port}".encode()), *headers], content=body,
+                                extensions={"timeout": {"read": timeout, "connect": connect_timeout}})
+        response = await self.handler(request)
+        return MockResponse(response)
+
+    async def aclose(self) -> None:
+        pass
+
+
 def instance(service: str, port: int, version: str = "v1") -> Instance:
     return Instance(f"{service}-{port}", "127.0.0.1", port, meta={"version": version})
 
@@ -93,12 +135,15 @@ class Harness:
         self.upstreams = Upstreams(jwks=[self.keys.jwk])
         self.discovery = FakeDiscovery(dict(DEFAULT_INSTANCES if instances is None else instances))
         mock = httpx.MockTransport(self.upstreams)
-        self.breaker = BreakerTransport(BalancingTransport(self.discovery, mock),  # type: ignore[arg-type]
-                                        lambda _s: breaker or BreakerPolicy(fail_max=100, reset_timeout_s=60))
-        self.http = httpx.AsyncClient(transport=self.breaker, timeout=2.0)
+        policy = lambda _s: breaker or BreakerPolicy(fail_max=100, reset_timeout_s=60)  # noqa: E731
+        # platform.http's stack, for the JWKS; the proxy's: the kit's guards around the stand-in client.
+        jwks = BreakerTransport(BalancingTransport(self.discovery, mock), policy)  # type: ignore[arg-type]
+        self.http = httpx.AsyncClient(transport=jwks, timeout=2.0)
+        self.stack = ResilientStack(self.discovery, Policies(breaker=policy))  # type: ignore[arg-type]
+        self.upstream_client = MockClient(self.upstreams)
         self.direct = BreakerTransport(mock, lambda _s: BreakerPolicy())
         self.section = GatewaySection(routes=[RouteSpec.model_validate(r) for r in routes], **section)
-        self.proxy = Proxy(compile_config(self.section), self.breaker, self.direct,
+        self.proxy = Proxy(compile_config(self.section), UpstreamRouter(self.stack, self.direct, self.upstream_client),
                            JwksVerifier(self.http), buckets or MemoryBuckets(), lambda: httpx.Timeout(2.0))
         self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.proxy, client=("10.0.0.7", 5555)),
                                         base_url="http://gw.test")

@@ -125,13 +125,13 @@ async def test_timeout_is_504():
     h = Harness([{**CATALOG, "timeout_s": 0.05}])
     h.upstreams.handlers[9201] = h.upstreams.handlers[9202] = slow
 
-    async def answer_or_timeout(request):  # MockTransport knows no timeouts: enforce the route's like a transport
+    async def answer_or_timeout(request):  # the stand-in client knows no timeouts: enforce the route's like one
         try:
             return await asyncio.wait_for(h.upstreams(request), request.extensions["timeout"]["read"])
         except asyncio.TimeoutError:
             raise httpx.ReadTimeout("read timed out", request=request) from None
 
-    h.breaker.inner.inner = httpx.MockTransport(answer_or_timeout)
+    h.upstream_client.handler = answer_or_timeout
     body = is_problem(await h.client.get("/api/catalog/p"), 504)
     assert "did not answer in time" in body["detail"]
     await h.close()

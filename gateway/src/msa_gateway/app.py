@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sys
-import time
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
@@ -30,16 +28,19 @@ from msa_kit.faults import FaultInjection, crash_soon
 from msa_kit.platform import Platform, PlatformSettings
 from msa_kit.problems import problem
 from msa_kit.resilience import AiohttpTransport, BreakerTransport, ResilientStack
-from msa_kit.runtime import Runtime
+from msa_kit.runtime import Runtime, started
 from msa_kit.settings import ConfigSnapshot
 from msa_kit.tracing import shutdown_tracing
 
+from .accesslog import AccessLog
 from .auth import JwksVerifier
+from .client import Pool
 from .docs import DocsCache, DocsSection
 from .policy import Cors, CorsSection, security_headers
 from .proxy import Config, Proxy
 from .ratelimit import Buckets, buckets
 from .routes import RouteSpec, RouteTable
+from .upstream import Upstreams
 
 log = logging.getLogger(__name__)
 
@@ -65,26 +66,6 @@ class GatewaySettings(PlatformSettings):
 def compile_config(section: GatewaySection) -> Config:
     return Config(RouteTable(section.routes), section.max_body_bytes, security_headers(section.security_headers),
                   Cors(section.cors), section.access_log)
-
-
-class AccessFormatter(logging.Formatter):
-    """Access lines are already JSON documents (proxy.py builds them): add the envelope, skip re-parsing."""
-
-    def __init__(self, service: str, instance: str) -> None:
-        super().__init__()
-        self.envelope = f'"service": "{service}", "instance": "{instance}", "logger": "access"'
-
-    def format(self, record: logging.LogRecord) -> str:
-        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
-        return f'{{"ts": "{ts}", "level": "{record.levelname}", {self.envelope}, {record.getMessage()[1:]}'
-
-
-def _setup_access_log(rt: Runtime) -> None:
-    access = logging.getLogger("msa_gateway.access")
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(AccessFormatter(rt.service, rt.instance_id))
-    access.handlers[:] = [handler]
-    access.propagate = False
 
 
 LOCAL_PATHS = frozenset({"/health", "/gateway/routes", "/admin/config", "/admin/faults", "/admin/crash",
@@ -138,36 +119,42 @@ class Gateway:
             self.proxy.config = self.config
         log.info("gateway: %d routes live", len(self.config.table.routes))
 
-    def _transports(self) -> tuple[httpx.AsyncBaseTransport, httpx.AsyncBaseTransport]:
-        """The kit's resilient stack, as platform.http has it, minus the client around it (see proxy.Proxy).
-        Fixed-URL routes skip discovery and balancing but keep the breaker. Policies read settings live."""
+    def _upstreams(self) -> tuple[Upstreams, httpx.AsyncBaseTransport]:
+        """The kit's guards, as platform.http has them, minus the client around them (see proxy.Proxy): services
+        through bulkhead → breaker → balancer (discovery, outliers); fixed-URL routes through a breaker of their
+        own. Policies read settings live. Returns the upstreams and the fixed-URL transport (for the docs)."""
         # Retries are the routes' business here (a `retry` filter), so the kit's own are off for the proxy path.
         policies = self.platform.policies(retries=False)
         limits = httpx.Limits(max_connections=500, max_keepalive_connections=500)
         self.upstream_stack = ResilientStack(self.platform.discovery, policies, max_connections=500)
-        return self.upstream_stack.transport, BreakerTransport(AiohttpTransport(limits=limits), policies.breaker)
+        direct = BreakerTransport(AiohttpTransport(limits=limits), policies.breaker)
+        return Upstreams(self.upstream_stack, direct, Pool(max_connections=500)), direct
 
     def _local_app(self) -> Starlette:
         platform = self.platform
 
         @asynccontextmanager
         async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-            _setup_access_log(self.rt)
+            access = AccessLog(self.rt.service, self.rt.instance_id)
             await platform.start()
-            upstream, direct = self._transports()
+            upstreams, direct = self._upstreams()
             direct_client = httpx.AsyncClient(transport=AsyncOpenTelemetryTransport(direct))
             self.buckets = buckets(self._redis_url, self.rt.namespace)
             self.docs = DocsCache(platform.http, direct_client)
-            self.proxy = Proxy(self.config, upstream, direct, JwksVerifier(platform.http), self.buckets,
-                               lambda: platform.http.timeout)
+            self.proxy = Proxy(self.config, upstreams, JwksVerifier(platform.http), self.buckets,
+                               lambda: platform.http.timeout, access)
+            started()  # the heap built so far leaves the collector's walk (the gateway's p99 was its pauses)
             try:
                 yield
             finally:
                 proxy, self.proxy = self.proxy, None
                 await platform.stop()
-                await upstream.aclose()
+                await upstreams.aclose()
+                assert self.upstream_stack is not None
+                await self.upstream_stack.transport.aclose()
                 await direct_client.aclose()
                 await proxy.buckets.close()
+                access.close()
                 shutdown_tracing()
 
         async def health(_request: Request) -> JSONResponse:

@@ -2,17 +2,17 @@
 
 A raw ASGI callable, because this is the gateway's hot path (DESIGN §7: FastAPI's per-request cost is ~3× bare
 Starlette's): headers stay the byte pairs the server handed us, the route table is precompiled, and nothing is
-validated twice. Upstream calls go through the kit's resilient client (discovery cache, balancing, breaker).
+validated twice. Upstream calls go through the kit's guards (discovery cache, balancing with outlier ejection,
+breaker, bulkhead) over a lean HTTP/1.1 client (`upstream.Upstreams`, `client.Pool`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable
+from typing import AsyncIterator, Callable
 
 import httpx
 from opentelemetry import context as otel_context
@@ -23,13 +23,15 @@ from starlette.types import Receive, Scope, Send
 
 from msa_kit.resilience import ServiceUnavailable, UpstreamTimeout
 
+from .accesslog import AccessLog
 from .asgi import Headers, send_problem
 from .auth import InvalidToken, JwksVerifier
+from .client import Body, Response
 from .policy import Cors
 from .ratelimit import Buckets
 from .routes import Route, RouteTable
+from .upstream import Upstreams
 
-log = logging.getLogger("msa_gateway.access")  # one JSON line per request (app.AccessFormatter)
 warn = logging.getLogger(__name__)
 tracer = trace.get_tracer("msa_gateway")
 
@@ -69,15 +71,14 @@ class Config:
 
 
 class Proxy:
-    """`upstream`: the kit's transport stack, BreakerTransport(BalancingTransport(AiohttpTransport)), for routes
-    naming a service; `direct`: BreakerTransport(AiohttpTransport) for fixed URLs. Transports, not clients: a
-    client's send() adds cookie jars, auth and redirect handling, and its default headers — none of which a
-    proxy wants, and which cost more than the rest of the proxy path together (measured: bench/README.md)."""
+    """`upstreams`: where a route's requests go — a service through the kit's guards, or a fixed URL through a
+    breaker — over a client that takes and gives header byte pairs (client.py says why not httpx's models).
+    `access`: the access log's writer (None: no access log, as in unit tests)."""
 
-    def __init__(self, config: Config, upstream: httpx.AsyncBaseTransport, direct: httpx.AsyncBaseTransport,
-                 verifier: JwksVerifier, buckets: Buckets, timeout: Callable[[], httpx.Timeout]) -> None:
-        self.config, self.upstream, self.direct, self.verifier = config, upstream, direct, verifier
-        self.buckets, self.timeout = buckets, timeout
+    def __init__(self, config: Config, upstreams: Upstreams, verifier: JwksVerifier, buckets: Buckets,
+                 timeout: Callable[[], httpx.Timeout], access: AccessLog | None = None) -> None:
+        self.config, self.upstreams, self.verifier = config, upstreams, verifier
+        self.buckets, self.timeout, self.access = buckets, timeout, access
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -132,18 +133,18 @@ class Proxy:
                                                                 authz, origin, content_length, chunked, prior_xff,
                                                                 host, trace_id)
         finally:
-            span.set_attribute("http.response.status_code", status)
-            if route is not None:
+            if route is not None:  # one call: each set_attribute takes the span's lock and checks the value
                 span.update_name(f"{method} {route.id}")
-                span.set_attribute("http.route", route.spec.path)
+                span.set_attributes({"http.response.status_code": status, "http.route": route.spec.path})
+            else:
+                span.set_attribute("http.response.status_code", status)
             if status >= 500:
                 span.set_status(Status(StatusCode.ERROR))
             span.end()
             otel_context.detach(token)
-            if conf.access_log:
-                log.info(json.dumps({"method": method, "path": path, "route": route.id if route else None,
-                                     "upstream": instance, "status": status, "user": user, "trace_id": trace_id,
-                                     "ms": round((time.perf_counter() - started) * 1000, 2)}))
+            if conf.access_log and self.access is not None:
+                self.access.write(method, path, route.id if route else None, instance, status, user, trace_id,
+                                  round((time.perf_counter() - started) * 1000, 2))
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, conf: Config, method: str, path: str,
                        fwd: Headers, out: Headers, authz: bytes | None, origin: bytes | None,
@@ -222,7 +223,7 @@ class Proxy:
         fwd.append((b"x-forwarded-proto", scope.get("scheme", "http").encode()))
         fwd.append((b"x-forwarded-host", host))
 
-        body: bytes | AsyncIterator[bytes] | None = None
+        body: Body = None
         too_large: list[bool] = []
         if chunked or length:
             message = await receive()
@@ -231,32 +232,28 @@ class Proxy:
                 if len(first) > conf.max_body_bytes:
                     return await fail(413, f"bodies are limited to {conf.max_body_bytes} bytes", route, user)
                 body = first
+                if chunked:  # read whole: the upstream gets it with a length, not chunked
+                    fwd.append((b"content-length", str(len(first)).encode()))
             else:
                 body = _stream(first, receive, conf.max_body_bytes, too_large)
 
-        upstream_path = route.upstream_path(raw_path.decode("latin-1"))
+        target = route.upstream_path(raw_path.decode("latin-1")).encode("latin-1")
         query: bytes = scope.get("query_string", b"")
-        if route.service is not None:
-            url = f"http://{route.service}{upstream_path}"
-            transport = self.upstream
-        else:
-            url = f"{route.base_url}{upstream_path}"
-            transport = self.direct
         if query:
-            url += "?" + query.decode("latin-1")
-        # A Request of our own, not client.build_request(): that would merge the client's default headers
-        # (User-Agent, Accept-Encoding: gzip, ...) into what the client sent, and the upstream would answer a
-        # question the client never asked.
-        extensions: dict[str, Any] = {"timeout": (route.timeout or self.timeout()).as_dict()}
-        if route.weights:
-            extensions["msa.weights"] = route.weights
+            target += b"?" + query
+        timeout = route.timeout or self.timeout()
+        bmethod = method.encode()
 
         attempts = 1 + (route.retries if method in IDEMPOTENT and body is None else 0)
         buffered: bytes | None = None
         for attempt in range(1, attempts + 1):
             try:
-                request = httpx.Request(method, url, headers=fwd, content=body, extensions=extensions)
-                upstream = await transport.handle_async_request(request)
+                if route.service is not None:
+                    upstream = await self.upstreams.service(route.service, bmethod, target, fwd, body,
+                                                            weights=route.weights, timeout=timeout)
+                else:
+                    assert route.fixed is not None
+                    upstream = await self.upstreams.fixed(route.fixed, bmethod, target, fwd, body, timeout=timeout)
             except ServiceUnavailable as exc:
                 if attempt < attempts:
                     continue
@@ -276,31 +273,32 @@ class Proxy:
                     continue
                 return await fail(502, f"{route.target}: {exc or type(exc).__name__}", route, user)
             if attempt < attempts and upstream.status_code in RETRY_STATUSES:
-                await upstream.stream.aclose()  # type: ignore[attr-defined]
+                await upstream.aclose()
                 continue
             if attempt < attempts and _small(upstream):
                 # Nothing is sent yet, so an instance that dies halfway through its answer can still be retried:
                 # read a small body whole first (a large one streams, and can't be).
                 try:
-                    buffered = b"".join([chunk async for chunk in upstream.stream])  # type: ignore[union-attr]
+                    buffered = await upstream.read()
                 except (httpx.HTTPError, OSError):
-                    await upstream.stream.aclose()  # type: ignore[attr-defined]
+                    await upstream.aclose()
                     continue
             break
 
-        instance = upstream.extensions.get("msa.instance", route.target)
+        instance = upstream.instance or route.target
         try:
             resp_remove = route.resp_remove
-            for name, value in upstream.headers.raw:
-                name = name.lower()
+            for name, value in upstream.headers:  # names come lower-cased
                 if name not in DROP_RESPONSE and name not in resp_remove:
                     out.append((name, value))
             out += route.resp_add
+            if buffered is None:
+                buffered = upstream.whole_body()  # the usual case: it came with the headers
             await send({"type": "http.response.start", "status": upstream.status_code, "headers": out})
             if buffered is not None:
                 await send({"type": "http.response.body", "body": buffered})
             else:
-                async for chunk in upstream.stream:  # type: ignore[union-attr]
+                async for chunk in upstream.chunks():
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 await send({"type": "http.response.body", "body": b""})
         except (httpx.HTTPError, OSError, asyncio.CancelledError) as exc:
@@ -308,16 +306,18 @@ class Proxy:
             warn.warning("upstream %s broke off the response: %s", instance, exc or type(exc).__name__)
             raise
         finally:
-            await upstream.stream.aclose()  # type: ignore[attr-defined]
+            await upstream.aclose()
         return upstream.status_code, route, instance, user
 
 
 RETRY_BUFFER_BYTES = 65_536  # a retryable answer up to this size is read whole before any of it is sent
 
 
-def _small(upstream: httpx.Response) -> bool:
-    length = upstream.headers.get("content-length")
-    return length is not None and length.isdigit() and int(length) <= RETRY_BUFFER_BYTES
+def _small(upstream: Response) -> bool:
+    for name, value in upstream.headers:
+        if name == b"content-length":
+            return value.isdigit() and int(value) <= RETRY_BUFFER_BYTES
+    return False
 
 
 async def _stream(first: bytes, receive: Receive, limit: int, too_large: list[bool]) -> AsyncIterator[bytes]:

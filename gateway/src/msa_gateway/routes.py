@@ -14,6 +14,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .ratelimit import Limit
+from .upstream import FixedTarget
 
 
 class HeaderFilter(BaseModel):
@@ -80,8 +81,8 @@ class Route:
     """A compiled route: everything a request needs, computed once per configuration."""
 
     __slots__ = ("spec", "id", "methods", "prefix", "regex", "exact", "headers", "service", "base_url", "target",
-                 "strip", "add_prefix", "req_add", "req_remove", "resp_add", "resp_remove", "timeout", "retries",
-                 "limit", "auth", "roles", "weights")
+                 "fixed", "strip", "add_prefix", "req_add", "req_remove", "resp_add", "resp_remove", "timeout",
+                 "retries", "limit", "auth", "roles", "weights")
 
     def __init__(self, spec: RouteSpec) -> None:
         self.spec, self.id = spec, spec.id
@@ -97,6 +98,7 @@ class Route:
         self.headers = [(k.lower().encode(), None if v == "*" else v.encode()) for k, v in spec.headers.items()]
         self.service = spec.service
         self.base_url = spec.url.rstrip("/") if spec.url else None
+        self.fixed = FixedTarget.parse(self.base_url) if self.base_url else None
         self.target = spec.service or spec.url or ""
         self.strip, self.add_prefix = spec.strip_prefix, spec.prefix.rstrip("/")
         self.req_add = [(k.lower().encode(), v.encode()) for k, v in spec.request_headers.add.items()]

@@ -27,7 +27,7 @@ from .logs import setup_logging
 from .platform import Platform, PlatformSettings
 from .problems import problem
 from .resilience import ServiceUnavailable, UpstreamTimeout
-from .runtime import Runtime
+from .runtime import Runtime, started
 from .settings import ConfigUnavailable, build_settings, fetch_config, save_snapshot
 from .tracing import setup_tracing, shutdown_tracing
 
@@ -98,6 +98,7 @@ def create_service_app(platform: Platform, *, title: str, routers: list[APIRoute
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await platform.start()
+        started()
         try:
             yield
         finally:

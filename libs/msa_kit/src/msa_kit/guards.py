@@ -38,11 +38,18 @@ class OutlierDetector:
         self._health: dict[tuple[str, str], _InstanceHealth] = {}
 
     def _of(self, service: str, instance: Instance) -> _InstanceHealth:
-        return self._health.setdefault((service, instance.id), _InstanceHealth())
+        # get() first: setdefault() would build a throwaway _InstanceHealth on every call, and this runs per
+        # instance on every request of the caller.
+        key = (service, instance.id)
+        health = self._health.get(key)
+        if health is None:
+            health = self._health[key] = _InstanceHealth()
+        return health
 
     def available(self, service: str, instances: Sequence[Instance]) -> list[Instance]:
         now = self.clock()
-        live = [i for i in instances if self._of(service, i).ejected_until <= now]
+        health = self._health
+        live = [i for i in instances if (h := health.get((service, i.id))) is None or h.ejected_until <= now]
         return live or list(instances)  # every one ejected: better to try than to refuse (Envoy's panic mode)
 
     def success(self, service: str, instance: Instance) -> None:

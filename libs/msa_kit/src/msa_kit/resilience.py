@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable, Protocol, TypeVar
 
 import aiohttp
 import httpx
@@ -41,6 +41,14 @@ EJECTIONS = Counter("msa_outlier_ejections", "Instances ejected after consecutiv
 BULKHEAD_REJECTIONS = Counter("msa_bulkhead_rejections", "Calls refused at once by a full bulkhead", ["service"])
 BREAKER_TRANSITIONS = Counter("msa_breaker_transitions", "Circuit breaker state changes", ["service", "to"])
 BREAKER_STATE = Gauge("msa_breaker_state", "Circuit breaker per service: 0 closed, 1 half-open, 2 open", ["service"])
+
+class HasStatus(Protocol):
+    @property
+    def status_code(self) -> int: ...
+
+
+R = TypeVar("R", bound=HasStatus)
+Call = Callable[[], Awaitable[R]]
 
 __all__ = ["ServiceUnavailable", "UpstreamTimeout", "AiohttpTransport", "BalancingTransport", "BreakerTransport",
            "BreakerPolicy", "RetryTransport", "BulkheadTransport", "Policies", "ResilientStack", "service_client"]
@@ -95,6 +103,7 @@ class BalancingTransport(httpx.AsyncBaseTransport):
         self._strategy_for = strategy_for or (lambda _service: "round_robin")
         self._weighted: dict[tuple[str, tuple[tuple[str, int], ...]], WeightedVersions] = {}
         self.in_flight: dict[str, int] = {}  # instance id → calls in flight (least_outstanding reads it)
+        self._attempts: dict[str, Any] = {}
 
     def _strategy(self, service: str, version: str = "") -> Strategy:
         # Asked on every call, so a strategy changed in config applies to the very next request. One per version
@@ -113,32 +122,57 @@ class BalancingTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         service = request.url.host
+        picked: list[Instance] = []
+
+        async def send(instance: Instance) -> httpx.Response:
+            picked.append(instance)
+            request.url = request.url.copy_with(host=instance.address, port=instance.port)
+            request.headers["Host"] = f"{instance.address}:{instance.port}"
+            return await self.inner.handle_async_request(request)
+
+        timeout = request.extensions.get("msa.total_timeout") or request.extensions.get("timeout", {}).get("read")
+        response = await self.balance(service, send, avoid=request.extensions.get("msa.avoid", frozenset()),
+                                      weights=request.extensions.get("msa.weights"), timeout=timeout)
+        response.extensions["msa.instance"] = picked[-1].id
+        return response
+
+    async def balance(self, service: str, send: Callable[[Instance], Awaitable[R]], *,
+                      avoid: frozenset[str] = frozenset(), weights: dict[str, int] | None = None,
+                      timeout: float | None = None) -> R:
+        """The balancer without httpx: `send(instance)` makes the call (the gateway's proxy path has a client of
+        its own). Fails over refused connections, ejects outliers, times out each attempt after `timeout`."""
         instances = await self.discovery.instances(service)
         if not instances:
             raise ServiceUnavailable(service, "no passing instance in discovery")
         # Ejected outliers sit out (unless that leaves none), and so do instances a retry is avoiding.
-        avoid: frozenset[str] = request.extensions.get("msa.avoid", frozenset())
-        candidates = [i for i in self.outliers.available(service, instances) if i.id not in avoid] \
-            or self.outliers.available(service, instances)
+        available = self.outliers.available(service, instances)
+        candidates = [i for i in available if i.id not in avoid] if avoid else available
+        if not candidates:
+            candidates = available
         # Canary weights: a gateway route's own, else the service's from config (loadbalancing.weights).
-        weights: dict[str, int] | None = request.extensions.get("msa.weights") or self.weights_for(service)
-        timeout = request.extensions.get("msa.total_timeout") or request.extensions.get("timeout", {}).get("read")
+        weights = weights or self.weights_for(service)
+        attempts = self._attempts.get(service)
+        if attempts is None:  # labels() takes a lock and hashes: once per service, not per call
+            attempts = self._attempts[service] = ATTEMPTS.labels(service)
         last: Exception | None = None
         # A refused connection never reached the service, so trying the next instance is safe for any method.
         while candidates:
             pool = self._versions(service, weights).pick(candidates) if weights else candidates
             version = pool[0].meta.get("version", "v1") if weights else ""
             instance = self._strategy(service, version).choose(pool)
-            request.url = request.url.copy_with(host=instance.address, port=instance.port)
-            request.headers["Host"] = f"{instance.address}:{instance.port}"
-            ATTEMPTS.labels(service).inc()
-            self.in_flight[instance.id] = self.in_flight.get(instance.id, 0) + 1
+            attempts.inc()
+            in_flight = self.in_flight
+            in_flight[instance.id] = in_flight.get(instance.id, 0) + 1
             try:
-                response = await asyncio.wait_for(self.inner.handle_async_request(request), timeout)
+                if timeout is None:  # the caller's client keeps the time (the gateway's does)
+                    response = await send(instance)
+                else:  # asyncio.timeout, not wait_for: the same deadline without a task per call (3.11's
+                    async with asyncio.timeout(timeout):  # wait_for wraps the coroutine in one)
+                        response = await send(instance)
             except httpx.ConnectError as exc:
                 log.warning("%s instance %s refused the connection; trying another", service, instance.id)
                 self._failed(service, instance, instances, definitive=True)
-                candidates.remove(instance)
+                candidates = [c for c in candidates if c is not instance]
                 last = exc
                 continue
             except (httpx.TimeoutException, asyncio.TimeoutError) as exc:
@@ -146,12 +180,11 @@ class BalancingTransport(httpx.AsyncBaseTransport):
                 raise UpstreamTimeout(service, f"{instance.id}: {type(exc).__name__}", instance.id) from exc
             finally:
                 # Until the headers are in: a streamed body is the caller's business, and cheap to ignore here.
-                self.in_flight[instance.id] -= 1
+                in_flight[instance.id] -= 1
             if response.status_code in FAILURE_STATUSES:
                 self._failed(service, instance, instances)
             else:
                 self.outliers.success(service, instance)
-            response.extensions["msa.instance"] = instance.id
             return response
         raise ServiceUnavailable(service, f"every instance refused the connection ({last})")
 
@@ -173,6 +206,12 @@ class BreakerPolicy:
 
 class _ServerError(Exception):
     """A failure status counts for the breaker, but the caller still receives the response."""
+
+
+def _raiser(exc: BaseException) -> Callable[[], None]:
+    def fail() -> None:
+        raise exc
+    return fail
 
 
 class _LogListener(pybreaker.CircuitBreakerListener):
@@ -207,19 +246,24 @@ class BreakerTransport(httpx.AsyncBaseTransport):
         return cb
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        service = request.url.host
+        return await self.guard(request.url.host, lambda: self.inner.handle_async_request(request))
+
+    async def guard(self, service: str, call: Call[R]) -> R:
+        """The breaker without httpx: `call()` makes the call; its result's status_code is judged."""
         cb = self.breaker(service)
         policy = self.policy(service)  # thresholds are live: config refreshes apply to the next call
         cb.fail_max, cb.reset_timeout = policy.fail_max, policy.reset_timeout_s
+        if cb.current_state == pybreaker.STATE_CLOSED and not cb.fail_counter:
+            return await self._closed(service, cb, call)
         probe = cb.current_state != pybreaker.STATE_CLOSED
         if probe:
             if service in self._probing:
                 raise ServiceUnavailable(service, "circuit breaker open (a probe is in flight)")
             self._probing.add(service)
-        response: httpx.Response | None = None
+        response: R | None = None
         try:
             with cb.calling():
-                response = await self.inner.handle_async_request(request)
+                response = await call()
                 if response.status_code in FAILURE_STATUSES:
                     raise _ServerError()
         except pybreaker.CircuitBreakerError:
@@ -232,6 +276,25 @@ class BreakerTransport(httpx.AsyncBaseTransport):
         finally:
             if probe:
                 self._probing.discard(service)
+        return response
+
+    async def _closed(self, service: str, cb: pybreaker.CircuitBreaker, call: Call[R]) -> R:
+        """The healthy case without pybreaker's per-call machinery (a lock, a generator context, listeners: ~6 µs a
+        call): a success in a closed breaker with no failure counted changes nothing, so only a failure goes through
+        pybreaker — counted, and maybe tripping the breaker, with the same outcome as under `calling()`."""
+        try:
+            response = await call()
+        except BaseException as exc:
+            try:
+                cb.call(_raiser(exc))  # counts it (or resets, for an excluded one) and raises it again
+            except pybreaker.CircuitBreakerError:
+                raise ServiceUnavailable(service, "circuit breaker open") from None
+            raise
+        if response.status_code in FAILURE_STATUSES:
+            try:
+                cb.call(_raiser(_ServerError()))
+            except (_ServerError, pybreaker.CircuitBreakerError):
+                pass  # counted; the caller still receives the 5xx, even the one that tripped the breaker
         return response
 
     async def aclose(self) -> None:
@@ -292,14 +355,20 @@ class BulkheadTransport(httpx.AsyncBaseTransport):
         self.inner, self.limit = inner, limit
         self.bulkheads: dict[str, Bulkhead] = {}
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        service = request.url.host
+    def bulkhead(self, service: str) -> Bulkhead:
         bulkhead = self.bulkheads.get(service)
         if bulkhead is None:
             bulkhead = self.bulkheads[service] = Bulkhead(lambda: self.limit(service))
+        return bulkhead
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self.admit(request.url.host, lambda: self.inner.handle_async_request(request))
+
+    async def admit(self, service: str, call: Call[R]) -> R:
+        """The bulkhead without httpx: `call()` runs if the service's limit allows, else ServiceUnavailable."""
         try:
-            async with bulkhead:
-                return await self.inner.handle_async_request(request)
+            async with self.bulkhead(service):
+                return await call()
         except BulkheadFull as exc:
             BULKHEAD_REJECTIONS.labels(service).inc()
             raise ServiceUnavailable(service, f"bulkhead full: {exc}") from None
@@ -336,7 +405,16 @@ class ResilientStack:
                                             self.outliers, policies.weights)
         self.retry = RetryTransport(self.balancing, policies.retry)
         self.breaker = BreakerTransport(self.retry, policies.breaker)
-        self.transport: httpx.AsyncBaseTransport = BulkheadTransport(self.breaker, policies.bulkhead)
+        self.bulkhead = BulkheadTransport(self.breaker, policies.bulkhead)
+        self.transport: httpx.AsyncBaseTransport = self.bulkhead
+
+    async def call(self, service: str, send: Callable[[Instance], Awaitable[R]], *,
+                   weights: dict[str, int] | None = None, timeout: float | None = None) -> R:
+        """The same guards for a caller with a client of its own (the gateway's proxy path, which sends bytes, not
+        httpx requests): Bulkhead → Breaker → Balancing, `send(instance)` making each attempt. No retry layer:
+        such a caller retries on its own terms (the gateway's are per route)."""
+        return await self.bulkhead.admit(service, lambda: self.breaker.guard(
+            service, lambda: self.balancing.balance(service, send, weights=weights, timeout=timeout)))
 
     def snapshot(self) -> dict[str, Any]:
         """What /admin/resilience shows: per target service, every guard's state."""

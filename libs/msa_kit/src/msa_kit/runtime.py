@@ -6,6 +6,7 @@ Spring calls these bootstrap properties: enough to find the config server and th
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 from pydantic import Field
@@ -48,3 +49,11 @@ class Runtime(BaseSettings):
         p = self.var_dir.joinpath(*parts)
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
+
+
+def started() -> None:
+    """Call once a process has finished starting: everything built so far (~150k objects — modules, pydantic
+    models, the OpenTelemetry SDK) lives as long as the process. Left in the collector's oldest generation, every
+    full collection walks all of them: measured 120-140 ms with the event loop stopped, about once a second under
+    load (the gateway's p99). Frozen, a collection walks only what requests allocate."""
+    gc.freeze()

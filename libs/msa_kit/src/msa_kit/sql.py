@@ -304,6 +304,9 @@ class OutboxRelay:
         await self.bus.connected.wait()
         backoff = self.poll_s
         while True:
+            # Cleared before the round, not after: a commit made while a round runs must start the next one at
+            # once. (Cleared after, its wake-up was lost and its event waited for the next poll — up to poll_s.)
+            self._wake.clear()
             try:
                 while await self._relay_batch():
                     pass
@@ -313,7 +316,6 @@ class OutboxRelay:
             except Exception as exc:
                 log.warning("outbox relay: %s; rows stay in the outbox and are retried", exc or type(exc).__name__)
                 backoff = min(backoff * 2, 5.0)
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), backoff)
             except asyncio.TimeoutError:

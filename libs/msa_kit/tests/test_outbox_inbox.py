@@ -1,5 +1,6 @@
-"""The inbox's group commit, against a real SQLite database: many events per transaction, each still at most once,
-a failing one isolated, each outbox row under its own event's trace."""
+"""The outbox and inbox against a real SQLite database. The inbox's group commit: many events per transaction, each
+still at most once, a failing one isolated, each outbox row under its own event's trace. The relay: no wake-up lost.
+"""
 
 import asyncio
 import json
@@ -137,3 +138,46 @@ async def test_each_outbox_row_carries_the_trace_of_the_event_that_raised_it(db)
     written = {json.loads(r.envelope)["data"]["event_id"]: json.loads(r.trace)["traceparent"].split("-")[1]
                for r in await rows(db, outbox)}
     assert written == expected
+
+
+class GatedBus:
+    """A broker stand-in whose first publish waits for the test's go-ahead."""
+
+    def __init__(self) -> None:
+        self.connected = asyncio.Event()
+        self.connected.set()
+        self.published: list[str] = []
+        self.publishing = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def publish(self, envelope: dict, _trace: dict) -> None:
+        self.publishing.set()
+        await self.go.wait()
+        self.published.append(envelope["data"]["event_id"])
+
+
+async def commit_event(engine, on_commit, event_id: str) -> None:
+    uow = SqlUnitOfWork(engine, outbox, inbox_table, "/test", on_commit=on_commit)
+    async with uow:
+        agg = Aggregate(event_id)
+        agg.events.append(Applied(event_id))
+        uow.seen.append(agg)
+        await uow.commit()
+
+
+async def test_a_commit_made_while_the_relay_publishes_is_relayed_at_once_not_at_the_next_poll(db):
+    from msa_kit.sql import OutboxRelay
+
+    bus = GatedBus()
+    relay = OutboxRelay(db, outbox, bus, poll_s=30.0)  # type: ignore[arg-type]
+    relay.start()
+    try:
+        await commit_event(db, relay.wake, "first")
+        await asyncio.wait_for(bus.publishing.wait(), 5)
+        await commit_event(db, relay.wake, "second")  # its wake-up arrives while "first" is being published
+        bus.go.set()
+        async with asyncio.timeout(10):  # far below the 30 s poll: only the wake-up can have started the round
+            while bus.published != ["first", "second"]:
+                await asyncio.sleep(0.01)
+    finally:
+        await relay.stop()

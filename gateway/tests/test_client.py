@@ -1,0 +1,212 @@
+"""The proxy path's HTTP/1.1 client (msa_gateway.client) against real sockets: framing, keep-alive, streaming both
+ways, and each failure reported as the exception type the kit's balancer and breaker judge."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Awaitable, Callable
+
+import httptools
+import httpx
+import pytest
+
+from msa_gateway.client import Pool
+
+Answer = Callable[[dict, asyncio.StreamWriter], Awaitable[bool]]  # returns False to close the connection
+
+
+class Server:
+    """Parses each request with httptools; `answer(request, writer)` writes whatever bytes a test wants."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer, self.connections, self.requests = answer, 0, []  # type: ignore[var-annotated]
+
+    async def __aenter__(self) -> "Server":
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        done: list[dict] = []
+        current: dict = {}
+
+        class Callbacks:
+            def on_message_begin(self) -> None:
+                current.clear()
+                current.update(headers={}, body=b"")
+
+            def on_url(self, url: bytes) -> None:
+                current["url"] = url
+
+            def on_header(self, name: bytes, value: bytes) -> None:
+                current["headers"][name.lower()] = value
+
+            def on_body(self, body: bytes) -> None:
+                current["body"] += body
+
+            def on_message_complete(self) -> None:
+                done.append(dict(current, method=parser.get_method()))
+
+        parser = httptools.HttpRequestParser(Callbacks())
+        try:
+            while data := await reader.read(65536):
+                parser.feed_data(data)
+                while done:
+                    request = done.pop(0)
+                    self.requests.append(request)
+                    if not await self.answer(request, writer):
+                        writer.close()
+                        return
+        except (ConnectionError, httptools.HttpParserError, asyncio.CancelledError):
+            pass
+        writer.close()
+
+
+def ok(body: bytes = b"hello", extra: bytes = b"") -> Answer:
+    async def answer(_request: dict, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\nX-Up: 1\r\n%b\r\n%b" % (len(body), extra, body))
+        return True
+    return answer
+
+
+async def test_a_small_answer_comes_whole_and_the_connection_is_reused():
+    async with Server(ok()) as server:
+        pool = Pool()
+        for _ in range(3):
+            r = await pool.request("127.0.0.1", server.port, b"GET", b"/a?b=1", [(b"x-a", b"1")], None,
+                                   timeout=2, connect_timeout=1)
+            assert r.status_code == 200 and (b"x-up", b"1") in r.headers and r.whole_body() == b"hello"
+        assert server.connections == 1
+        request = server.requests[0]
+        assert request["url"] == b"/a?b=1" and request["headers"][b"host"] == f"127.0.0.1:{server.port}".encode()
+        assert request["headers"][b"x-a"] == b"1"
+        await pool.aclose()
+
+
+async def test_streams_a_chunked_answer_and_a_chunked_upload():
+    async def chunked(request: dict, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        for _ in range(30):
+            writer.write(b"%x\r\n%b\r\n" % (100_000, b"z" * 100_000))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        return True
+
+    async def upload():
+        for _ in range(20):
+            yield b"y" * 50_000
+
+    async with Server(chunked) as server:
+        pool = Pool()
+        r = await pool.request("127.0.0.1", server.port, b"POST", b"/up", [], upload(), timeout=2, connect_timeout=1)
+        assert len(await r.read()) == 3_000_000
+        assert len(server.requests[0]["body"]) == 1_000_000
+        assert server.requests[0]["headers"][b"transfer-encoding"] == b"chunked"
+        r = await pool.request("127.0.0.1", server.port, b"GET", b"/", [], None, timeout=2, connect_timeout=1)
+        await r.read()
+        assert server.connections == 1  # read to its end: reusable
+        await pool.aclose()
+
+
+async def test_an_answer_without_length_ends_with_the_connection_and_head_has_no_body():
+    async def until_close(request: dict, writer: asyncio.StreamWriter) -> bool:
+        if request["method"] == b"HEAD":
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 99\r\n\r\n")
+            return True
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\nall of it")
+        return False
+
+    async with Server(until_close) as server:
+        pool = Pool()
+        r = await pool.request("127.0.0.1", server.port, b"GET", b"/", [], None, timeout=2, connect_timeout=1)
+        assert await r.read() == b"all of it"
+        r = await pool.request("127.0.0.1", server.port, b"HEAD", b"/", [], None, timeout=2, connect_timeout=1)
+        assert r.whole_body() == b"" and (b"content-length", b"99") in r.headers
+        await pool.aclose()
+
+
+async def test_an_idle_connection_the_upstream_closed_is_replaced_for_a_repeatable_request():
+    async def once(request: dict, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        return False  # then close, as uvicorn does when its keep-alive timer fires
+
+    async with Server(once) as server:
+        pool = Pool()
+        for _ in range(3):
+            r = await pool.request("127.0.0.1", server.port, b"GET", b"/", [], None, timeout=2, connect_timeout=1)
+            assert await r.read() == b"ok"
+        assert server.connections == 3
+        await pool.aclose()
+
+
+async def test_a_refused_connection_is_a_connect_error():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, never listening: refused
+        with pytest.raises(httpx.ConnectError):
+            await Pool().request("127.0.0.1", port, b"GET", b"/", [], None, timeout=1, connect_timeout=1)
+
+
+async def test_a_malformed_answer_is_a_protocol_error_and_no_answer_is_one_too():
+    async def garbage(_request: dict, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"NOT HTTP\r\n\r\n")
+        return True
+
+    async def hang_up(_request: dict, _writer: asyncio.StreamWriter) -> bool:
+        return False
+
+    for answer in (garbage, hang_up):
+        async with Server(answer) as server:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await Pool().request("127.0.0.1", server.port, b"POST", b"/", [], b"x", timeout=1, connect_timeout=1)
+
+
+async def test_an_answer_cut_short_is_a_read_error():
+    async def cut(_request: dict, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhalf")
+        return False
+
+    async with Server(cut) as server:
+        r = await Pool().request("127.0.0.1", server.port, b"GET", b"/", [], None, timeout=1, connect_timeout=1)
+        with pytest.raises(httpx.ReadError):
+            await r.read()
+
+
+async def test_header_values_cannot_smuggle_a_line():
+    async with Server(ok()) as server:
+        with pytest.raises(httpx.LocalProtocolError):
+            await Pool().request("127.0.0.1", server.port, b"GET", b"/", [(b"x-user-name", b"a\r\nx-user-roles: admin")],
+                                 None, timeout=1, connect_timeout=1)
+        assert server.requests == []
+
+
+async def test_a_slow_body_times_out():
+    async def stall(_request: dict, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nstart")
+        await asyncio.sleep(1)
+        return False
+
+    async with Server(stall) as server:
+        r = await Pool().request("127.0.0.1", server.port, b"GET", b"/", [], None, timeout=0.1, connect_timeout=1)
+        with pytest.raises(httpx.ReadTimeout):
+            await r.read()
+
+
+async def test_no_answer_in_time_is_a_read_timeout_and_the_connection_is_not_reused():
+    async def late(_request: dict, writer: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(0.3)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nlate")
+        return True
+
+    async with Server(late) as server:
+        pool = Pool()
+        with pytest.raises(httpx.ReadTimeout):
+            await pool.request("127.0.0.1", server.port, b"GET", b"/", [], None, timeout=0.05, connect_timeout=1)
+        r = await pool.request("127.0.0.1", server.port, b"GET", b"/", [], None, timeout=1, connect_timeout=1)
+        assert await r.read() == b"late" and server.connections == 2
+        await pool.aclose()
