@@ -12,6 +12,7 @@ import json
 import logging
 import sqlite3
 import time
+import weakref
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable, Generator
 
@@ -170,13 +171,17 @@ async def create_schema(engine: AsyncEngine, metadata: sa.MetaData) -> None:
                              f"(missing {', '.join(missing)}): `make clean-data` removes the local databases")
 
 
-_WRITE_LOCKS: dict[int, asyncio.Lock] = {}
+# Keyed by the engine itself, weakly: keyed by id(), a new engine could inherit a dead one's lock (and its state).
+_WRITE_LOCKS: weakref.WeakKeyDictionary[AsyncEngine, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
 def _write_lock(engine: AsyncEngine) -> asyncio.Lock | None:
     if engine.dialect.name != "sqlite":
         return None
-    return _WRITE_LOCKS.setdefault(id(engine), asyncio.Lock())
+    lock = _WRITE_LOCKS.get(engine)
+    if lock is None:
+        lock = _WRITE_LOCKS[engine] = asyncio.Lock()
+    return lock
 
 
 @asynccontextmanager
@@ -357,5 +362,7 @@ class OutboxRelay:
         return len(rows) == self.batch
 
     async def stop(self) -> None:
+        """Cancel the relay and wait until it has let go of its connection and the write lock."""
         if self._task:
             self._task.cancel()
+            await asyncio.wait([self._task], timeout=5)
