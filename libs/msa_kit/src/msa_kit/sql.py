@@ -17,7 +17,6 @@ from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable, Generator
 
 import aiosqlite
-
 import sqlalchemy as sa
 from prometheus_client import Counter
 from sqlalchemy import event, make_url
@@ -62,9 +61,9 @@ class InlineSqlite(aiosqlite.Connection):
     aiosqlite hands every call (cursor, execute, fetch, close, commit, ...: twelve for a small write transaction
     through SQLAlchemy) to a thread and back, and those hand-offs cost more CPU than everything else a transaction
     does (bench/sql_bench.py measures both drivers side by side); they were most of what a service spent on an
-    order. SQLite on a local file in WAL mode answers in microseconds and readers never wait;
-    the one call that can wait — a writer taking the write lock another process holds — is not allowed to block
-    the loop: BEGIN IMMEDIATE runs with no busy timeout and `begin()` retries it after an asyncio sleep.
+    order. SQLite on a local file in WAL mode answers in microseconds and readers never wait; the one call that can
+    wait — a writer taking the write lock another process holds — is not allowed to block the loop: BEGIN IMMEDIATE
+    runs with no busy timeout and `begin()` retries it after an asyncio sleep.
     """
 
     async def _execute(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
