@@ -91,8 +91,9 @@ def _share(at_least: float) -> Callable[[float, float | None], bool | None]:
 
 ROWS: tuple[Row, ...] = (
     Row("up.seconds", "`make up` → every instance passing in discovery", "≤ 3 s", _le(3.0), "stack"),
-    Row("stack.rss_mb", "whole local stack RSS, idle after `make up`", "≤ 450 MB", _le(450.0), "stack"),
-    Row("stack.rss_mb_loaded", "whole local stack RSS, after the order load", "≤ 450 MB", _le(450.0), "stack"),
+    Row("stack.memory_mb", "whole local stack memory (PSS), idle after `make up`", "≤ 450 MB", _le(450.0), "stack"),
+    Row("stack.memory_mb_loaded", "whole local stack memory (PSS), after the order load", "≤ 450 MB", _le(450.0),
+        "stack"),
     Row("gateway.c1.rps", "gateway req/s, 1 connection", "≥ 60% of nginx", _share(0.6), "gateway", "pct"),
     Row("gateway.c1.p50_ms", "gateway p50, 1 connection", "< 1 ms added", lambda m, r: r is not None and m - r < 1,
         "gateway", "delta"),

@@ -6,8 +6,10 @@ Each run, on free 127.0.0.1 ports with a temporary var dir and a broker namespac
    `startsecs`), each replaced by a stand-in that only imports what the real program's `__main__` imports and then
    binds its port and answers 200 — the floor for `make up`: interpreter start, imports, supervision.
 2. `make up` as `msa up` does it (`Topology.up()`): from start until discovery lists every instance as passing.
-3. RSS: the sum of VmRSS over supervisord and every process under it (/proc), idle after start-up and again after
-   the order load (PSS too: RSS counts shared pages once per process).
+3. Memory: the sum of PSS over supervisord and every process under it (/proc/<pid>/smaps_rollup), idle after
+   start-up and again after the order load. PSS, because supervisord imports the programs' shared modules once and
+   forks them (msa_cli.supervise): their pages are shared, and a sum of RSS counts a page shared by n processes n
+   times. The RSS sum is printed beside it.
 4. Order placement: `POST /api/orders` (one line, a fresh Idempotency-Key each) through the gateway, closed loop
    at a fixed concurrency for a bounded time, by an aiohttp load generator on the same machine. Stock is topped
    up first so that every order can be confirmed.
@@ -127,13 +129,13 @@ def descendants(root: int) -> list[int]:
 
 
 def stack_memory(topology: Topology) -> tuple[float, float, dict[str, float]]:
-    """(RSS MB, PSS MB, RSS MB per program) over supervisord and everything under it."""
+    """(RSS MB, PSS MB, PSS MB per program) over supervisord and everything under it."""
     supervisord = int(topology.pidfile.read_text().strip())
     pids = descendants(supervisord)
     by_pid = {s.pid: s.name for s in topology.status() if s.pid}
-    per_program: dict[str, float] = {"supervisord": _status_kb(supervisord, "VmRSS") / 1024}
+    per_program: dict[str, float] = {"supervisord": _status_kb(supervisord, "Pss", "smaps_rollup") / 1024}
     for name_pid, name in by_pid.items():
-        per_program[name] = sum(_status_kb(p, "VmRSS") for p in descendants(name_pid)) / 1024
+        per_program[name] = sum(_status_kb(p, "Pss", "smaps_rollup") for p in descendants(name_pid)) / 1024
     rss = sum(_status_kb(p, "VmRSS") for p in pids) / 1024
     pss = sum(_status_kb(p, "Pss", "smaps_rollup") for p in pids) / 1024
     return rss, pss, per_program
@@ -276,14 +278,16 @@ def figures(quick: bool) -> list[dict]:
     return [
         {"key": "up.seconds", "unit": "s", "runs": [r.up_s for r in runs],
          "reference": [r.reference_up_s for r in runs], "reference_label": "stand-ins (import + bind)",
-         "note": "Topology.up() on free ports, as `make up` calls it (without the `msa` CLI's own start); the "
-                 "reference runs the same programs' imports under the same runner and readiness polling"},
-        {"key": "stack.rss_mb", "unit": "MB", "runs": [r.rss_mb for r in runs],
-         "also": {"PSS": [r.pss_mb for r in runs]},
-         "note": f"{len(last.per_program_mb) - 1} programs + supervisord; largest: "
-                 + ", ".join(f"{n} {mb:.0f}" for n, mb in biggest[:4]) + " MB"},
-        {"key": "stack.rss_mb_loaded", "unit": "MB", "runs": [r.rss_loaded_mb for r in runs],
-         "also": {"PSS": [r.pss_loaded_mb for r in runs]}},
+         "note": "Topology.up() on free ports, as `make up` calls it (without the `msa` CLI's own start), supervisord "
+                 "importing the programs' shared modules once and forking them; the reference runs each program's "
+                 "imports in an interpreter of its own under the same runner and readiness polling"},
+        {"key": "stack.memory_mb", "unit": "MB", "runs": [r.pss_mb for r in runs],
+         "also": {"RSS summed": [r.rss_mb for r in runs]},
+         "note": f"sum of PSS (a page shared by n processes counts 1/n in each; the programs share what supervisord "
+                 f"imported before forking them) over {len(last.per_program_mb) - 1} programs + supervisord; "
+                 "largest: " + ", ".join(f"{n} {mb:.0f}" for n, mb in biggest[:4]) + " MB"},
+        {"key": "stack.memory_mb_loaded", "unit": "MB", "runs": [r.pss_loaded_mb for r in runs],
+         "also": {"RSS summed": [r.rss_loaded_mb for r in runs]}},
         {"key": "orders.place.rps", "unit": "req/s", "runs": [r.placement.rps for r in runs],
          "note": f"closed loop, {size['concurrency']} concurrent clients, {size['seconds']:g} s after a 1 s warm-up, "
                  f"aiohttp load generator on the same cores; non-201 answers: {failures}"},
@@ -317,14 +321,15 @@ def main() -> None:
     print(f"\nmedian of {len(runs)} run(s) (min–max)")
     line("`make up` → all passing", [r.up_s for r in runs], "s")
     line("  reference: stand-ins (import + bind)", [r.reference_up_s for r in runs], "s")
-    line("stack RSS, idle after up", [r.rss_mb for r in runs], "MB", "{:.0f}")
-    line("stack PSS, idle after up", [r.pss_mb for r in runs], "MB", "{:.0f}")
-    line("stack RSS, after the order load", [r.rss_loaded_mb for r in runs], "MB", "{:.0f}")
+    line("stack memory (PSS), idle after up", [r.pss_mb for r in runs], "MB", "{:.0f}")
+    line("  RSS summed", [r.rss_mb for r in runs], "MB", "{:.0f}")
+    line("stack memory (PSS), after the order load", [r.pss_loaded_mb for r in runs], "MB", "{:.0f}")
+    line("  RSS summed", [r.rss_loaded_mb for r in runs], "MB", "{:.0f}")
     line(f"orders placed through the gateway (c={size['concurrency']})", [r.placement.rps for r in runs], "req/s",
          "{:.0f}")
     line("  p50", [pct(r.placement.latencies_ms, 50) for r in runs], "ms", "{:.1f}")
     line("  p99", [pct(r.placement.latencies_ms, 99) for r in runs], "ms", "{:.1f}")
-    print("\nRSS by program (last run, idle): " + ", ".join(
+    print("\nPSS by program (last run, idle): " + ", ".join(
         f"{n} {mb:.0f}" for n, mb in sorted(runs[-1].per_program_mb.items(), key=lambda kv: -kv[1])) + " MB")
 
 

@@ -30,6 +30,7 @@ from supervisor.xmlrpc import Faults, SupervisorTransport
 
 from .preflight import broker_problem, ports_in_use
 from .spec import Program, TopologySpec
+from .supervise import PRELOAD_ENV
 
 __all__ = [
     "AlreadyRunning",
@@ -339,9 +340,13 @@ class Topology:
         # never written to the config file. MSA_RUN_ID marks every process of this run for down()'s sweep.
         env = {k: v for k, v in os.environ.items() if k not in ("PORT", "INSTANCE_ID")}
         env |= self.spec.env | {"MSA_RUN_ID": run_id}
-        # supervisord forks into the background and this first process exits at once (or fails on a bad config).
+        # What the programs import, imported once by supervisord and shared (msa_cli.supervise). MSA_PRELOAD in the
+        # caller's environment overrides the spec's list; empty turns preloading off.
+        env.setdefault(PRELOAD_ENV, " ".join(self.spec.preload))
+        # supervisord forks into the background and this first process exits once it has (or fails on a bad
+        # config), after the preload.
         proc = subprocess.run(
-            [sys.executable, "-m", "supervisor.supervisord", "-c", str(self.conf_path)],
+            [sys.executable, "-m", "msa_cli.supervise", "-c", str(self.conf_path)],
             env=env,
             cwd=self.spec.directory,
             capture_output=True,

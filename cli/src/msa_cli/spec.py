@@ -60,9 +60,13 @@ class Program:
     priority: int = 500  # supervisord starts lower numbers first
     home: str = "/"  # the page a person opens first (the discovery UI, a config document, ...)
     docs: str | None = "/docs"
+    # Modules supervisord may import once for every program before forking them (msa_cli.supervise): what the
+    # program's `__main__` imports, never the `__main__` itself. Only for `python -m <module>` commands.
+    preload: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "command", tuple(self.command))  # lists welcome
+        object.__setattr__(self, "preload", tuple(self.preload))
 
     @property
     def url(self) -> str:
@@ -104,6 +108,11 @@ class TopologySpec:
     def expected(self) -> dict[str, int]:
         """Passing instances discovery must list, per service name, before the topology counts as up."""
         return dict(Counter(s for p in self.programs for s in p.registers))
+
+    @property
+    def preload(self) -> tuple[str, ...]:
+        """Every program's preload, each module once, in order."""
+        return tuple(dict.fromkeys(m for p in self.programs for m in p.preload))
 
     @property
     def discovery_url(self) -> str | None:
@@ -223,11 +232,15 @@ def default_spec(
     broker_proxy = {"name": "rabbitmq", "listen": f"127.0.0.1:{ports.broker_proxy}", "upstream": broker_address(amqp)}
     programs = [
         Program("faultproxy", py("msa_faultproxy"), ports.faultproxy, priority=5, home="/proxies", docs=None,
-                env={"FAULTPROXY_PROXIES": json.dumps([broker_proxy])}),
+                env={"FAULTPROXY_PROXIES": json.dumps([broker_proxy])},
+                preload=("uvicorn", "msa_faultproxy.api", "msa_faultproxy.proxy")),
         # Everything else registers with discovery and fetches its config first: start these two ahead.
-        Program("discovery", py("msa_discovery"), ports.discovery, priority=10, home="/ui", docs=None),
-        Program("config-server", py("msa_config_server"), ports.config_server, priority=20, home="/gateway/local"),
-        Program("gateway", py("msa_gateway"), ports.gateway, registers=("gateway",), priority=200),
+        Program("discovery", py("msa_discovery"), ports.discovery, priority=10, home="/ui", docs=None,
+                preload=("msa_discovery.api", "msa_discovery.registry")),
+        Program("config-server", py("msa_config_server"), ports.config_server, priority=20, home="/gateway/local",
+                preload=("msa_config_server.api", "msa_kit.discovery", "msa_kit.runtime")),
+        Program("gateway", py("msa_gateway"), ports.gateway, registers=("gateway",), priority=200,
+                preload=("msa_kit.app", "msa_gateway.app")),
     ]
     for service, module, service_ports in (
         ("user", "user", ports.user),
@@ -235,7 +248,8 @@ def default_spec(
         ("order", "order", ports.order),
     ):
         for i, port in enumerate(service_ports, start=1):
-            programs.append(Program(f"{service}-{i}", py(module), port, registers=(service,), priority=100))
+            programs.append(Program(f"{service}-{i}", py(module), port, registers=(service,), priority=100,
+                                    preload=("msa_kit.app", f"{module}.bootstrap")))
     return TopologySpec(
         programs=tuple(programs), var_dir=var, directory=root, discovery="discovery", env=shared, amqp_url=amqp,
         reserved_ports=(ports.broker_proxy,)
