@@ -108,6 +108,10 @@ def create_service_app(platform: Platform, *, title: str, routers: list[APIRoute
     app = FastAPI(title=title, lifespan=lifespan)
     app.state.platform = platform
     install_problem_handlers(app)
+    # The business routes first: the router, and the tracing middleware again to name the span, try routes in order
+    # until one matches, and these are the ones under load.
+    for router in routers:
+        app.include_router(router)
 
     @app.get("/health", tags=["operations"])
     async def health() -> dict[str, str]:
@@ -194,8 +198,6 @@ def create_service_app(platform: Platform, *, title: str, routers: list[APIRoute
             OUTBOX_BACKLOG.set(await platform.relay.backlog())
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    for router in routers:
-        app.include_router(router)
     app.add_middleware(FaultInjection, book=platform.faults)
     app.add_middleware(TraceHeaders)
     # One server span per request: the ASGI "http send"/"http receive" child spans (two or three per request)
