@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import httpx
-from msa_kit.resilience import AiohttpTransport  # maps a refused connection to ConnectError, not a timeout
+from msa_kit.http1 import Http1Transport  # the kit's client: fast, and a refused connection is a ConnectError
 from rich.live import Live
 from rich.table import Table
 
@@ -80,7 +80,7 @@ async def _user(http: httpx.AsyncClient) -> dict[str, str]:
 async def run(gateway: str, rate: float, seconds: float, live: bool = True) -> Report:
     rate, seconds = min(rate, MAX_RATE), min(seconds, MAX_SECONDS)
     report = Report()
-    async with httpx.AsyncClient(base_url=gateway, timeout=10, transport=AiohttpTransport()) as http:
+    async with httpx.AsyncClient(base_url=gateway, timeout=10, transport=Http1Transport()) as http:
         auth = await _user(http)
         skus = [p["sku"] for p in (await http.get("/api/catalog/products")).json()]
         started = time.perf_counter()

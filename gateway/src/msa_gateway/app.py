@@ -25,16 +25,16 @@ from starlette.types import Message, Receive, Scope, Send
 
 from msa_kit.admin import add_fault, admin_denied, config_document, faults_document
 from msa_kit.faults import FaultInjection, crash_soon
+from msa_kit.http1 import Http1Transport, Pool
 from msa_kit.platform import Platform, PlatformSettings
 from msa_kit.problems import problem
-from msa_kit.resilience import AiohttpTransport, BreakerTransport, ResilientStack
+from msa_kit.resilience import BreakerTransport, ResilientStack
 from msa_kit.runtime import Runtime, started
 from msa_kit.settings import ConfigSnapshot
 from msa_kit.tracing import shutdown_tracing
 
 from .accesslog import AccessLog
 from .auth import JwksVerifier
-from .client import Pool
 from .docs import DocsCache, DocsSection
 from .policy import Cors, CorsSection, security_headers
 from .proxy import Config, Proxy
@@ -125,9 +125,8 @@ class Gateway:
         own. Policies read settings live. Returns the upstreams and the fixed-URL transport (for the docs)."""
         # Retries are the routes' business here (a `retry` filter), so the kit's own are off for the proxy path.
         policies = self.platform.policies(retries=False)
-        limits = httpx.Limits(max_connections=500, max_keepalive_connections=500)
         self.upstream_stack = ResilientStack(self.platform.discovery, policies, max_connections=500)
-        direct = BreakerTransport(AiohttpTransport(limits=limits), policies.breaker)
+        direct = BreakerTransport(Http1Transport(max_connections=500), policies.breaker)
         return Upstreams(self.upstream_stack, direct, Pool(max_connections=500)), direct
 
     def _local_app(self) -> Starlette:

@@ -21,12 +21,12 @@ from opentelemetry.instrumentation.asgi import asgi_getter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.types import Receive, Scope, Send
 
+from msa_kit.http1 import Body, Response
 from msa_kit.resilience import ServiceUnavailable, UpstreamTimeout
 
 from .accesslog import AccessLog
 from .asgi import Headers, send_problem
 from .auth import InvalidToken, JwksVerifier
-from .client import Body, Response
 from .policy import Cors
 from .ratelimit import Buckets
 from .routes import Route, RouteTable

@@ -9,8 +9,8 @@ from typing import Awaitable, Callable, Protocol, TypeVar
 import httpx
 
 from msa_kit.discovery import Instance
+from msa_kit.http1 import Body, Client, Headers, Response
 
-from .client import Body, Client, Headers, Response
 
 R = TypeVar("R", bound=Response)
 

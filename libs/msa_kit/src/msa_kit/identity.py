@@ -19,7 +19,9 @@ class Caller:
     username: str
 
 
-def _caller(x_user_id: Annotated[str | None, Header()] = None,
+# async, though it awaits nothing: FastAPI runs a plain `def` dependency in a worker thread, a thread hand-over on
+# every request.
+async def _caller(x_user_id: Annotated[str | None, Header()] = None,
             x_user_name: Annotated[str | None, Header()] = None) -> Caller:
     if not x_user_id:
         raise HTTPException(401, "no authenticated caller (call through the gateway with a bearer token)")

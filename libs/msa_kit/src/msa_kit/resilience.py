@@ -1,6 +1,6 @@
 """Calls to other services, as layers of httpx transports (the encode/httpx way), composed in `ResilientStack`:
 
-    Tracing → Bulkhead → Breaker → Retry → Balancing (+ outlier ejection, timeout) → aiohttp
+    Tracing → Bulkhead → Breaker → Retry → Balancing (+ outlier ejection, timeout) → HTTP/1.1 (msa_kit.http1)
 
 A request names the *service*, not an address: `GET http://catalog/products/X`. The balancer resolves it from
 the discovery cache, fails over to another instance on a refused connection and ejects instances that keep
@@ -15,17 +15,16 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Protocol, TypeVar
 
-import aiohttp
 import httpx
 import pybreaker
-from prometheus_client import Counter, Gauge
-from httpx_aiohttp import AiohttpTransport as _AiohttpTransport
 from opentelemetry.instrumentation.httpx import AsyncOpenTelemetryTransport
+from prometheus_client import Counter, Gauge
 
 from .balancing import Strategy, WeightedVersions, strategy
 from .discovery import Discovery, Instance
 from .guards import (Bulkhead, BulkheadFull, OutlierDetector, OutlierPolicy, RetryBudget, RetryPolicy,
                      full_jitter_sleep)
+from .http1 import Http1Transport
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +49,7 @@ class HasStatus(Protocol):
 R = TypeVar("R", bound=HasStatus)
 Call = Callable[[], Awaitable[R]]
 
-__all__ = ["ServiceUnavailable", "UpstreamTimeout", "AiohttpTransport", "BalancingTransport", "BreakerTransport",
+__all__ = ["ServiceUnavailable", "UpstreamTimeout", "BalancingTransport", "BreakerTransport",
            "BreakerPolicy", "RetryTransport", "BulkheadTransport", "Policies", "ResilientStack", "service_client"]
 
 
@@ -66,28 +65,6 @@ class UpstreamTimeout(httpx.TimeoutException):
     def __init__(self, service: str, detail: str, instance: str = "") -> None:
         super().__init__(f"{service} did not answer in time: {detail}")
         self.service, self.instance = service, instance
-
-
-class AiohttpTransport(_AiohttpTransport):
-    """httpx-aiohttp 0.2 maps a refused connection to `ConnectTimeout` (its exception map keeps the first match,
-    aiohttp's ClientConnectionError) and a dropped keep-alive connection likewise: callers would report a timeout,
-    and the balancer would not fail over. Re-map those two to what they are; and a malformed response (aiohttp's
-    ClientResponseError, which it does not map at all) to httpx's RemoteProtocolError."""
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        try:
-            return await super().handle_async_request(request)
-        except aiohttp.ClientResponseError as exc:
-            raise httpx.RemoteProtocolError(exc.message or type(exc).__name__, request=request) from exc
-        except httpx.ConnectTimeout as exc:
-            cause = exc.__cause__
-            if isinstance(cause, aiohttp.ServerTimeoutError):
-                raise
-            if isinstance(cause, aiohttp.ClientConnectorError):
-                raise httpx.ConnectError(str(exc), request=request) from cause
-            if isinstance(cause, aiohttp.ClientConnectionError):
-                raise httpx.RemoteProtocolError(str(exc) or type(cause).__name__, request=request) from cause
-            raise
 
 
 class BalancingTransport(httpx.AsyncBaseTransport):
@@ -392,16 +369,15 @@ class Policies:
 class ResilientStack:
     """The one composition of the guards, outermost first:
 
-        Bulkhead → Breaker → Retry → Balancing (+ outlier ejection, per-attempt timeout) → aiohttp
+        Bulkhead → Breaker → Retry → Balancing (+ outlier ejection, per-attempt timeout) → HTTP/1.1
 
     The bulkhead rejects before anything is spent; the breaker sees the outcome of a call after its retries; the
     balancer fails over refused connections and ejects outliers without waiting for discovery."""
 
     def __init__(self, discovery: Discovery, policies: Policies, *, max_connections: int = 200) -> None:
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self.discovery, self.policies = discovery, policies
         self.outliers = OutlierDetector(policies.outlier)
-        self.balancing = BalancingTransport(discovery, AiohttpTransport(limits=limits), policies.strategy,
+        self.balancing = BalancingTransport(discovery, Http1Transport(max_connections), policies.strategy,
                                             self.outliers, policies.weights)
         self.retry = RetryTransport(self.balancing, policies.retry)
         self.breaker = BreakerTransport(self.retry, policies.breaker)
@@ -441,7 +417,8 @@ class ResilientStack:
 def service_client(stack: ResilientStack, *, timeout_s: float = 2.0) -> httpx.AsyncClient:
     """An httpx client whose URLs name services: `await client.get("http://catalog/products")`.
 
-    The aiohttp transport is several times faster than httpx's default under concurrency (DESIGN §7).
+    Underneath is the kit's own HTTP/1.1 client (msa_kit.http1): httpx's default transport is several times slower
+    under concurrency (DESIGN §7), and httpx-aiohttp's request and response objects cost more than the call itself.
     """
     return httpx.AsyncClient(transport=AsyncOpenTelemetryTransport(stack.transport),
                              timeout=httpx.Timeout(timeout_s, connect=min(1.0, timeout_s)))

@@ -1,17 +1,19 @@
-"""The proxy path's HTTP/1.1 client (msa_gateway.client) against real sockets: framing, keep-alive, streaming both
-ways, and each failure reported as the exception type the kit's balancer and breaker judge."""
+"""The kit's HTTP/1.1 client (msa_kit.http1) against real sockets, as the gateway's proxy path uses it (Pool) and as
+every service-to-service call does (Http1Transport under httpx): framing, keep-alive, streaming both ways, and each
+failure reported as the exception type the kit's balancer and breaker judge."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 from typing import Awaitable, Callable
 
 import httptools
 import httpx
 import pytest
 
-from msa_gateway.client import Pool
+from msa_kit.http1 import Http1Transport, Pool
 
 Answer = Callable[[dict, asyncio.StreamWriter], Awaitable[bool]]  # returns False to close the connection
 
@@ -203,3 +205,97 @@ async def test_no_answer_in_time_is_a_read_timeout_and_the_connection_is_not_reu
         r = await pool.request("127.0.0.1", server.port, b"GET", b"/", [], None, timeout=1, connect_timeout=1)
         assert await r.read() == b"late" and server.connections == 2
         await pool.aclose()
+
+
+# ---- under httpx: Http1Transport -------------------------------------------------------------------------------------
+
+def echo_json() -> Answer:
+    async def answer(request: dict, writer: asyncio.StreamWriter) -> bool:
+        body = b'{"got": %d, "url": "%b"}' % (len(request["body"]), request["url"])
+        writer.write(b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%b"
+                     % (len(body), body))
+        return True
+    return answer
+
+
+async def test_httpx_calls_go_through_one_keep_alive_connection():
+    async with Server(echo_json()) as server:
+        async with httpx.AsyncClient(transport=Http1Transport(), base_url=f"http://127.0.0.1:{server.port}") as c:
+            for i in range(3):
+                r = await c.post(f"/orders?i={i}", json={"sku": "X", "quantity": 2}, headers={"X-Trace": "t"})
+                sent = r.request.content
+                assert r.status_code == 201 and r.json() == {"got": len(sent), "url": f"/orders?i={i}"}
+                assert r.headers["content-type"] == "application/json" and r.http_version == "HTTP/1.1"
+        assert server.connections == 1
+        request = server.requests[0]
+        assert request["method"] == b"POST" and request["body"] == b'{"sku":"X","quantity":2}'
+        assert request["headers"][b"content-length"] == b"24"
+        assert request["headers"][b"host"] == f"127.0.0.1:{server.port}".encode()  # once, from the client
+        assert request["headers"][b"x-trace"] == b"t"
+
+
+async def test_httpx_streams_both_ways():
+    async def chunked(request: dict, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        for _ in range(20):
+            writer.write(b"%x\r\n%b\r\n" % (100_000, b"z" * 100_000))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        return True
+
+    async def upload():
+        for _ in range(10):
+            yield b"y" * 50_000
+
+    async with Server(chunked) as server:
+        async with httpx.AsyncClient(transport=Http1Transport()) as c:
+            async with c.stream("PUT", f"http://127.0.0.1:{server.port}/up", content=upload()) as r:
+                sizes = [len(chunk) async for chunk in r.aiter_raw()]
+        assert sum(sizes) == 2_000_000 and len(sizes) > 1
+        assert len(server.requests[0]["body"]) == 500_000
+
+
+async def test_httpx_read_timeout_is_a_read_timeout_naming_the_request():
+    async def silent(_request: dict, _writer: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(5)
+        return False
+
+    async with Server(silent) as server:
+        async with httpx.AsyncClient(transport=Http1Transport(), timeout=httpx.Timeout(0.2, connect=1)) as c:
+            with pytest.raises(httpx.ReadTimeout) as caught:
+                await c.get(f"http://127.0.0.1:{server.port}/slow")
+        assert str(caught.value.request.url).endswith("/slow")
+
+
+
+async def test_a_refused_connection_is_a_connect_error_not_a_timeout():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, never listening: refused
+        transport = Http1Transport()
+        request = httpx.Request("GET", f"http://127.0.0.1:{port}/")
+        with pytest.raises(httpx.ConnectError) as caught:
+            await transport.handle_async_request(request)
+        assert caught.value.request is request
+        await transport.aclose()
+
+
+async def test_a_malformed_response_is_a_protocol_error():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def answer_garbage() -> None:
+        conn, _ = server.accept()
+        conn.recv(65536)
+        conn.sendall(b"NOT HTTP\r\n\r\n")
+        conn.close()
+
+    threading.Thread(target=answer_garbage, daemon=True).start()
+    transport = Http1Transport()
+    try:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await transport.handle_async_request(httpx.Request("GET", f"http://127.0.0.1:{server.getsockname()[1]}/"))
+    finally:
+        await transport.aclose()
+        server.close()
