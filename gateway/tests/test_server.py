@@ -165,7 +165,7 @@ async def test_a_slow_reader_holds_the_writer_back():
         writer.write(b"GET /big HTTP/1.1\r\nHost: gw\r\n\r\n")
         await asyncio.sleep(0.5)
         assert 0 < progress["written"] < size  # held back by the client, not buffered
-        _, headers, body = await read_answer(reader)
+        _, _, body = await read_answer(reader)
         assert len(body) == size and progress["written"] == size
         assert progress["buffer"] <= 2 * 65536 + 65536, progress
         writer.close()
@@ -291,7 +291,7 @@ async def test_shutdown_lets_a_request_in_flight_finish_and_refuses_new_ones():
         await s.raw()  # no longer accepting
     assert not stopping.done()
     release.set()
-    status, headers, body = await read_answer(busy_reader)
+    _, headers, body = await read_answer(busy_reader)
     assert body == b"done /slow" and headers[b"connection"] == b"close" and await closed(busy_reader)
     await asyncio.wait_for(stopping, 5)
     busy_writer.close()

@@ -3,8 +3,8 @@
 The gateway's hot path (DESIGN §7: FastAPI's per-request cost is ~3× bare Starlette's), written against
 `asgi.Exchange`, which the gateway's own server implements straight on the connection (server.py) and
 `AsgiExchange` over ASGI: headers stay the byte pairs the server parsed, the route table is precompiled, and
-nothing is validated twice. Upstream calls go through the kit's guards (discovery cache, balancing with outlier ejection,
-breaker, bulkhead) over a lean HTTP/1.1 client (`upstream.Upstreams`, `client.Pool`).
+nothing is validated twice. Upstream calls go through the kit's guards (discovery cache, balancing with outlier
+ejection, breaker, bulkhead) over a lean HTTP/1.1 client (`upstream.Upstreams`, `client.Pool`).
 """
 
 from __future__ import annotations

@@ -427,9 +427,7 @@ class _Exchange:
 
     async def respond(self, status: int, headers: Headers, body: bytes, has_length: bool = False) -> None:
         conn = self.conn
-        if status in NO_BODY_STATUSES or status < 200:
-            head, body = self._head(status, headers, b""), b""
-        elif self._bodyless:  # HEAD: the headers say what a GET would get
+        if self._bodyless or status in NO_BODY_STATUSES or status < 200:  # a HEAD's headers say what a GET gets
             head, body = self._head(status, headers, b""), b""
         else:
             head = self._head(status, headers, b"" if has_length else b"content-length: %d\r\n" % len(body))

@@ -79,7 +79,7 @@ def test_a_line_is_the_sdks_document(provider):
 
 
 def test_server_spans_are_the_sdks_spans(provider):
-    p, memory = provider
+    _, memory = provider
     spans = ServerSpans("msa_gateway")
     span = spans.start("GET gateway", attributes={"http.request.method": "GET"})
     assert span.context.is_valid and span.context.trace_flags.sampled
