@@ -1,8 +1,9 @@
-"""The gateway application: a raw ASGI dispatcher in front of two apps.
+"""The gateway application: a dispatcher in front of two handlers.
 
 The proxy path (`proxy.Proxy`) takes every request except a handful of the gateway's own pages (health, docs,
 the admin API), which a small Starlette app serves — it also owns the lifespan. Starlette's routing would cost
-every proxied request a regex match per route; a set lookup on the path does the job.
+every proxied request a regex match per route; a set lookup on the path does the job. `Gateway.handle` is what
+the gateway's own server (server.py) calls; `Gateway.__call__` is the same dispatch as an ASGI app.
 """
 
 from __future__ import annotations
@@ -34,12 +35,14 @@ from msa_kit.settings import ConfigSnapshot
 from msa_kit.tracing import shutdown_tracing
 
 from .accesslog import AccessLog
+from .asgi import Exchange, Headers
 from .auth import JwksVerifier
 from .docs import DocsCache, DocsSection
 from .policy import Cors, CorsSection, security_headers
 from .proxy import Config, Proxy
 from .ratelimit import Buckets, buckets
 from .routes import RouteSpec, RouteTable
+from .server import asgi_bridge, default_malformed
 from .upstream import Upstreams
 
 log = logging.getLogger(__name__)
@@ -78,7 +81,7 @@ def build_app(rt: Runtime, config: ConfigSnapshot, settings: GatewaySettings) ->
 
 
 class Gateway:
-    """The ASGI application uvicorn runs."""
+    """The gateway: `handle` for its own server, `__call__` for an ASGI server."""
 
     def __init__(self, rt: Runtime, platform: Platform, settings: GatewaySettings) -> None:
         self.rt, self.platform = rt, platform
@@ -92,9 +95,24 @@ class Gateway:
         self.local = self._local_app()
         platform.on_refresh(self.apply_routes)
 
+    async def handle(self, ex: Exchange) -> None:
+        proxy = self.proxy
+        if proxy is not None and ex.path not in LOCAL_PATHS and not self._faults_on():
+            return await proxy.handle(ex)
+        await self(*asgi_bridge(ex))  # the gateway's own pages, and the workshop's faults, are ASGI
+
+    def malformed(self, detail: str) -> tuple[Headers, bytes]:
+        """The 400 for a request the server could not parse: traced and logged like the proxy's answers."""
+        if self.proxy is None:
+            return default_malformed(detail)
+        return self.proxy.malformed(detail)
+
+    def _faults_on(self) -> bool:  # the workshop breaking the gateway
+        return bool(self.platform.faults.added or self.platform.settings.faults.http)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] not in LOCAL_PATHS and self.proxy is not None:
-            if self.platform.faults.added or self.platform.settings.faults.http:  # the workshop breaking the gateway
+            if self._faults_on():
                 return await FaultInjection(self.proxy, self.platform.faults)(scope, receive, send)
             return await self.proxy(scope, receive, send)
         if scope["type"] == "http":

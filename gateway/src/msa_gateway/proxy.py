@@ -1,9 +1,10 @@
 """The proxy path: one request in, one request to the route's upstream, the answer streamed back.
 
-A raw ASGI callable, because this is the gateway's hot path (DESIGN §7: FastAPI's per-request cost is ~3× bare
-Starlette's): headers stay the byte pairs the server handed us, the route table is precompiled, and nothing is
-validated twice. Upstream calls go through the kit's guards (discovery cache, balancing with outlier ejection,
-breaker, bulkhead) over a lean HTTP/1.1 client (`upstream.Upstreams`, `client.Pool`).
+The gateway's hot path (DESIGN §7: FastAPI's per-request cost is ~3× bare Starlette's), written against
+`asgi.Exchange`, which the gateway's own server implements straight on the connection (server.py) and
+`AsgiExchange` over ASGI: headers stay the byte pairs the server parsed, the route table is precompiled, and
+nothing is validated twice. Upstream calls go through the kit's guards (discovery cache, balancing with outlier
+ejection, breaker, bulkhead) over a lean HTTP/1.1 client (`upstream.Upstreams`, `client.Pool`).
 """
 
 from __future__ import annotations
@@ -16,16 +17,16 @@ from typing import AsyncIterator, Callable
 
 import httpx
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
-from opentelemetry.instrumentation.asgi import asgi_getter
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry import propagate
 from starlette.types import Receive, Scope, Send
 
 from msa_kit.http1 import Body, Response
 from msa_kit.resilience import ServiceUnavailable, UpstreamTimeout
+from msa_kit.tracing import ServerSpans
 
 from .accesslog import AccessLog
-from .asgi import Headers, send_problem
+from .asgi import (PROBLEM_CONTENT_TYPE, AsgiExchange, ClientDisconnected, Exchange, Headers, problem_body,
+                   send_problem)
 from .auth import InvalidToken, JwksVerifier
 from .policy import Cors
 from .ratelimit import Buckets
@@ -33,7 +34,8 @@ from .routes import Route, RouteTable
 from .upstream import Upstreams
 
 warn = logging.getLogger(__name__)
-tracer = trace.get_tracer("msa_gateway")
+# One SERVER span per request, made whole at its end (msa_kit.tracing.ServerSpans says why not the SDK's span).
+spans = ServerSpans("msa_gateway")
 
 # RFC 9110 §7.6.1: meaningful for one connection only, never forwarded. (Host is the upstream's; the balancer
 # sets it.) Trace context is re-injected by the client for its own span.
@@ -81,15 +83,33 @@ class Proxy:
         self.buckets, self.timeout, self.access = buckets, timeout, access
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The proxy as an ASGI app (under ASGI middleware, or an ASGI server)."""
+        await self.handle(AsgiExchange(scope, receive, send))
+
+    def malformed(self, detail: str) -> tuple[Headers, bytes]:
+        """The 400 for a request that could not be parsed (server.py): a span and an access line like any answer,
+        the security headers, and a problem+json body with the trace id."""
+        span = spans.start("invalid request", None, {"http.response.status_code": 400,
+                                                     "error.type": "malformed request"})
+        trace_id = format(span.context.trace_id, "032x") if span.context.is_valid else ""
+        span.end("invalid request")
+        if self.config.access_log and self.access is not None:
+            self.access.write("-", "-", None, "", 400, "-", trace_id, 0.0)
+        headers: Headers = [*self.config.security, PROBLEM_CONTENT_TYPE]
+        if trace_id:
+            headers.append((b"x-trace-id", trace_id.encode()))
+        return headers, problem_body(400, f"malformed request: {detail}", "", trace_id)
+
+    async def handle(self, ex: Exchange) -> None:
         started = time.perf_counter()
         conf = self.config
-        method: str = scope["method"]
-        path: str = scope["path"]
+        method = ex.method
+        path = ex.path
         fwd: Headers = []
         authz = origin = content_length = None
-        chunked = traced = False
-        prior_xff = host = connection = b""
-        for name, value in scope["headers"]:
+        chunked = False
+        prior_xff = host = connection = traceparent_in = tracestate_in = b""
+        for name, value in ex.headers:
             if name in DROP_REQUEST:
                 if name == b"host":
                     host = value
@@ -98,7 +118,9 @@ class Proxy:
                 elif name == b"transfer-encoding":
                     chunked = True
                 elif name == b"traceparent":
-                    traced = True
+                    traceparent_in = value
+                elif name == b"tracestate":
+                    tracestate_in = value
                 elif name == b"x-forwarded-for":
                     prior_xff = value
                 continue
@@ -113,11 +135,10 @@ class Proxy:
             named = {t.strip().lower() for t in connection.split(b",")}
             fwd = [(n, v) for n, v in fwd if n not in named]
 
-        span = tracer.start_span(f"{method} gateway", kind=SpanKind.SERVER,
-                                 context=propagate.extract(scope, getter=asgi_getter) if traced else None,
-                                 attributes={"http.request.method": method, "url.path": path})
-        token = otel_context.attach(trace.set_span_in_context(span))
-        ctx = span.get_span_context()
+        span = spans.start(f"{method} gateway", _parent(traceparent_in, tracestate_in) if traceparent_in else None,
+                           {"http.request.method": method, "url.path": path})
+        token = otel_context.attach(span.in_context())  # logs carry the trace id; a JWKS fetch is a child span
+        ctx = span.context
         out: Headers = list(conf.security)
         trace_id = ""
         if ctx.is_valid:  # tracing not set up (a test): no trace id to give
@@ -129,34 +150,30 @@ class Proxy:
             fwd.append((b"traceparent", traceparent))
         status, route, instance, user = 0, None, "", "-"
         try:
-            status, route, instance, user = await self._forward(scope, receive, send, conf, method, path, fwd, out,
-                                                                authz, origin, content_length, chunked, prior_xff,
-                                                                host, trace_id)
+            status, route, instance, user = await self._forward(ex, conf, method, path, fwd, out, authz, origin,
+                                                                content_length, chunked, prior_xff, host, trace_id)
         finally:
-            if route is not None:  # one call: each set_attribute takes the span's lock and checks the value
-                span.update_name(f"{method} {route.id}")
-                span.set_attributes({"http.response.status_code": status, "http.route": route.spec.path})
+            if route is not None:
+                span.end(f"{method} {route.id}", {"http.response.status_code": status, "http.route": route.spec.path},
+                         error=status >= 500)
             else:
-                span.set_attribute("http.response.status_code", status)
-            if status >= 500:
-                span.set_status(Status(StatusCode.ERROR))
-            span.end()
+                span.end(f"{method} gateway", {"http.response.status_code": status}, error=status >= 500)
             otel_context.detach(token)
             if conf.access_log and self.access is not None:
                 self.access.write(method, path, route.id if route else None, instance, status, user, trace_id,
                                   round((time.perf_counter() - started) * 1000, 2))
 
-    async def _forward(self, scope: Scope, receive: Receive, send: Send, conf: Config, method: str, path: str,
+    async def _forward(self, ex: Exchange, conf: Config, method: str, path: str,
                        fwd: Headers, out: Headers, authz: bytes | None, origin: bytes | None,
                        content_length: bytes | None, chunked: bool, prior_xff: bytes, host: bytes,
                        trace_id: str) -> tuple[int, Route | None, str, str]:
         async def fail(status: int, detail: str, route: Route | None = None, user: str = "-", **extra: str,
                        ) -> tuple[int, Route | None, str, str]:
             out.extend((k.encode(), v.encode()) for k, v in extra.items())
-            await send_problem(send, status, detail, path, trace_id, out)
+            await send_problem(ex, status, detail, path, trace_id, out)
             return status, route, "", user
 
-        raw_path: bytes = scope.get("raw_path") or path.encode()
+        raw_path = ex.raw_path
         if b"%2f" in raw_path.lower() or "/." in path:
             # Dot segments and encoded slashes could step out of a route's prefix upstream: refuse, don't guess.
             if b"%2f" in raw_path.lower() or any(s in (".", "..") for s in path.split("/")):
@@ -167,9 +184,7 @@ class Proxy:
             if conf.cors.enabled and conf.cors.allows(origin):
                 out += conf.cors.headers(origin, preflight=preflight)
                 if preflight:  # answered here: the services behind know nothing of CORS
-                    out.append((b"content-length", b"0"))
-                    await send({"type": "http.response.start", "status": 204, "headers": out})
-                    await send({"type": "http.response.body", "body": b""})
+                    await ex.respond(204, out, b"")
                     return 204, None, "", "-"
             elif preflight:
                 return await fail(403, f"origin {origin.decode('latin-1')} is not allowed (CORS)")
@@ -198,8 +213,7 @@ class Proxy:
             fwd += [(b"x-user-id", user.encode()), (b"x-user-name", str(claims.get("name", "")).encode()),
                     (b"x-user-roles", ",".join(roles).encode())]
 
-        client = scope.get("client")
-        client_ip = client[0] if client else ""
+        client_ip = ex.client_ip
         if route.limit is not None:
             decision = await self.buckets.take(f"{route.id}|{user if user != '-' else client_ip}", route.limit)
             out += decision.headers()
@@ -220,25 +234,24 @@ class Proxy:
             fwd = [(n, v) for n, v in fwd if n not in route.req_remove]
         fwd += route.req_add
         fwd.append((b"x-forwarded-for", prior_xff + b", " + client_ip.encode() if prior_xff else client_ip.encode()))
-        fwd.append((b"x-forwarded-proto", scope.get("scheme", "http").encode()))
+        fwd.append((b"x-forwarded-proto", ex.scheme.encode()))
         fwd.append((b"x-forwarded-host", host))
 
         body: Body = None
         too_large: list[bool] = []
         if chunked or length:
-            message = await receive()
-            first = message.get("body", b"")
-            if not message.get("more_body", False):
+            first, more = await ex.receive()
+            if not more:
                 if len(first) > conf.max_body_bytes:
                     return await fail(413, f"bodies are limited to {conf.max_body_bytes} bytes", route, user)
                 body = first
                 if chunked:  # read whole: the upstream gets it with a length, not chunked
                     fwd.append((b"content-length", str(len(first)).encode()))
             else:
-                body = _stream(first, receive, conf.max_body_bytes, too_large)
+                body = _stream(first, ex, conf.max_body_bytes, too_large)
 
         target = route.upstream_path(raw_path.decode("latin-1")).encode("latin-1")
-        query: bytes = scope.get("query_string", b"")
+        query = ex.query
         if query:
             target += b"?" + query
         timeout = route.timeout or self.timeout()
@@ -288,19 +301,25 @@ class Proxy:
         instance = upstream.instance or route.target
         try:
             resp_remove = route.resp_remove
+            has_length = False
             for name, value in upstream.headers:  # names come lower-cased
                 if name not in DROP_RESPONSE and name not in resp_remove:
                     out.append((name, value))
+                    if name == b"content-length":
+                        has_length = True
             out += route.resp_add
             if buffered is None:
                 buffered = upstream.whole_body()  # the usual case: it came with the headers
-            await send({"type": "http.response.start", "status": upstream.status_code, "headers": out})
             if buffered is not None:
-                await send({"type": "http.response.body", "body": buffered})
+                await ex.respond(upstream.status_code, out, buffered, has_length)
             else:
+                await ex.start(upstream.status_code, out, has_length)
                 async for chunk in upstream.chunks():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                await send({"type": "http.response.body", "body": b""})
+                    await ex.write(chunk)
+                await ex.end()
+        except ClientDisconnected:
+            # Nobody to answer: stop reading the upstream's answer (the finally below drops its connection).
+            return upstream.status_code, route, instance, user
         except (httpx.HTTPError, OSError, asyncio.CancelledError) as exc:
             # Headers are gone already: all that is left is to cut the response short, which the client notices.
             warn.warning("upstream %s broke off the response: %s", instance, exc or type(exc).__name__)
@@ -320,20 +339,24 @@ def _small(upstream: Response) -> bool:
     return False
 
 
-async def _stream(first: bytes, receive: Receive, limit: int, too_large: list[bool]) -> AsyncIterator[bytes]:
+def _parent(traceparent: bytes, tracestate: bytes) -> otel_context.Context:
+    carrier = {"traceparent": traceparent.decode("latin-1")}
+    if tracestate:
+        carrier["tracestate"] = tracestate.decode("latin-1")
+    return propagate.extract(carrier)
+
+
+async def _stream(first: bytes, ex: Exchange, limit: int, too_large: list[bool]) -> AsyncIterator[bytes]:
     seen = len(first)
     if first:
         yield first
     while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise httpx.ReadError("client disconnected")
-        chunk = message.get("body", b"")
+        chunk, more = await ex.receive()  # httpx.ReadError when the client disconnects
         seen += len(chunk)
         if seen > limit:
             too_large.append(True)  # whatever the client library wraps this in, the caller answers 413
             raise BodyTooLarge()
         if chunk:
             yield chunk
-        if not message.get("more_body", False):
+        if not more:
             return
