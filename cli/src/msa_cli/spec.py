@@ -240,7 +240,7 @@ def default_spec(
         Program("config-server", py("msa_config_server"), ports.config_server, priority=20, home="/gateway/local",
                 preload=("msa_config_server.api", "msa_kit.discovery", "msa_kit.runtime")),
         Program("gateway", py("msa_gateway"), ports.gateway, registers=("gateway",), priority=200,
-                preload=("msa_kit.app", "msa_gateway.app")),
+                preload=("uvloop", "msa_kit.app", "msa_gateway.app", "msa_gateway.server")),
     ]
     for service, module, service_ports in (
         ("user", "user", ports.user),

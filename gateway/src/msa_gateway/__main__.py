@@ -1,20 +1,15 @@
-"""`python -m msa_gateway`: msa_kit.app.run_service's start-up, served by the gateway's own server (server.py)
-instead of uvicorn."""
+"""`python -m msa_gateway`: a service's start-up (msa_kit.app.prepare_service), served by the gateway's own server
+(server.py) instead of uvicorn."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
-import sys
 
 import uvloop
-from pydantic import ValidationError
 
-from msa_kit.logs import setup_logging
-from msa_kit.runtime import Runtime
-from msa_kit.settings import ConfigUnavailable, build_settings, fetch_config, save_snapshot
-from msa_kit.tracing import setup_tracing
+from msa_kit.app import prepare_service
 
 from .app import Gateway, GatewaySettings, build_app
 from .server import HttpServer
@@ -42,22 +37,7 @@ async def serve(gateway: Gateway, host: str, port: int) -> None:
 
 
 def main() -> None:
-    rt = Runtime.for_service("gateway")
-    setup_logging("gateway", rt.instance_id)
-    try:
-        snapshot = asyncio.run(fetch_config(rt))
-    except ConfigUnavailable as exc:
-        log.error("cannot start %s: %s", rt.instance_id, exc)
-        sys.exit(2)
-    try:
-        settings = build_settings(GatewaySettings, snapshot)
-    except ValidationError as exc:  # a bad value in config-repo: say which, don't start half-configured
-        log.error("cannot start %s: invalid configuration: %s", rt.instance_id, exc)
-        sys.exit(2)
-    if snapshot.source == "config-server":
-        save_snapshot(rt, snapshot)
-    setup_logging("gateway", rt.instance_id, settings.log_level)
-    setup_tracing(rt)
+    rt, snapshot, settings = prepare_service("gateway", GatewaySettings)
     uvloop.run(serve(build_app(rt, snapshot, settings), rt.host, rt.port))
 
 

@@ -28,7 +28,7 @@ from .platform import Platform, PlatformSettings
 from .problems import problem
 from .resilience import ServiceUnavailable, UpstreamTimeout
 from .runtime import Runtime, started
-from .settings import ConfigUnavailable, build_settings, fetch_config, save_snapshot
+from .settings import ConfigSnapshot, ConfigUnavailable, build_settings, fetch_config, save_snapshot
 from .tracing import setup_tracing, shutdown_tracing
 
 log = logging.getLogger(__name__)
@@ -206,8 +206,9 @@ def create_service_app(platform: Platform, *, title: str, routers: list[APIRoute
     return app
 
 
-def run_service(service: str, settings_cls: type[S], build_app: Callable[[Runtime, object, S], FastAPI]) -> None:
-    """`python -m <service>`: read the runtime, fetch config (or exit clearly), build the app, serve it."""
+def prepare_service(service: str, settings_cls: type[S]) -> tuple[Runtime, ConfigSnapshot, S]:
+    """Everything before serving: the runtime, config from the config server (or exit clearly), settings checked,
+    logging and tracing set up."""
     rt = Runtime.for_service(service)
     setup_logging(service, rt.instance_id)
     try:
@@ -224,6 +225,13 @@ def run_service(service: str, settings_cls: type[S], build_app: Callable[[Runtim
         save_snapshot(rt, snapshot)
     setup_logging(service, rt.instance_id, settings.log_level)
     setup_tracing(rt)
+    return rt, snapshot, settings
+
+
+def run_service(service: str, settings_cls: type[S], build_app: Callable[[Runtime, ConfigSnapshot, S], FastAPI]
+                ) -> None:
+    """`python -m <service>`: prepare_service, build the app, serve it with uvicorn."""
+    rt, snapshot, settings = prepare_service(service, settings_cls)
     app = build_app(rt, snapshot, settings)
     uvicorn.run(app, host=rt.host, port=rt.port, log_config=None, access_log=False, loop="uvloop",
                 http="httptools", timeout_graceful_shutdown=5)
