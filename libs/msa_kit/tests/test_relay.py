@@ -113,10 +113,9 @@ async def started(relay: OutboxRelay) -> OutboxRelay:
 
 async def die(relay: OutboxRelay) -> None:
     """A crash: the relay's tasks end, nothing is marked or given back."""
-    for task in (relay._task, relay._marker):
-        assert task is not None
+    for task in relay._tasks:
         task.cancel()
-    await asyncio.wait([t for t in (relay._task, relay._marker) if t])
+    await asyncio.wait(relay._tasks)
 
 
 async def test_a_commit_is_published_by_its_own_relay_without_a_claim_and_marked_sent(engines):
@@ -126,7 +125,7 @@ async def test_a_commit_is_published_by_its_own_relay_without_a_claim_and_marked
     try:
         await commit(a, relay, "x", 1, 2)
         await until(lambda: bus.published == [1, 2])
-        await until(lambda: not relay._held)  # marked sent
+        await until(lambda: relay.settled())  # marked sent
     finally:
         await relay.stop()
     rows = await outbox_rows(a)
@@ -148,7 +147,7 @@ async def test_a_dead_instances_rows_are_relayed_by_the_other_after_the_lease(en
     survivor = await started(OutboxRelay(b, outbox, bus, poll_s=0.05))  # type: ignore[arg-type]
     try:
         await until(lambda: len(bus.published) >= 5)
-        await until(lambda: not survivor._held)
+        await until(lambda: survivor.settled())
     finally:
         await survivor.stop()
     assert sorted(bus.published) == [0, 1, 2, 3, 4]
@@ -186,7 +185,7 @@ async def test_two_relays_sweeping_the_same_rows_publish_each_once(engines):
         r.start()
     try:
         await until(lambda: len(bus_a.published) + len(bus_b.published) >= 300)
-        await until(lambda: not relays[0]._held and not relays[1]._held)
+        await until(lambda: relays[0].settled() and relays[1].settled())
     finally:
         for r in relays:
             await r.stop()
@@ -205,7 +204,7 @@ async def test_a_failed_publish_goes_back_to_the_sweep_and_nothing_later_overtak
         await commit(a, relay, "x", 2)  # ... while 2 is handed over: it must wait for 1's retry
         bus.release.set()
         await until(lambda: len(bus.published) >= 2)
-        await until(lambda: not relay._held)
+        await until(lambda: relay.settled())
     finally:
         await relay.stop()
     assert bus.published[:2] == [1, 2]
@@ -275,7 +274,7 @@ async def test_two_racing_relays_one_dying_every_event_is_applied_once(tmp_path:
         await die(relays[0])  # ... then one dies, whatever it still held ...
         await write(b, relays[1], range(n, n + 50))  # ... and the survivor carries on, and takes its rows over.
         await until(lambda: len(applied) >= n + 50, timeout=30)
-        await until(lambda: not relays[1]._held)
+        await until(lambda: relays[1].settled())
     finally:
         for r in relays[1:]:
             await r.stop()

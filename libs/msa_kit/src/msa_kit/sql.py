@@ -343,17 +343,16 @@ class OutboxRelay:
         self._held: set[str] = set()  # event ids this relay holds: handed over or claimed, until marked sent
         self._sent: list[tuple[list[str], float]] = []  # confirmed, to be marked sent: (event ids, when)
         self._released: list[str] = []  # to be given back to the sweep (a failed publish)
+        self._swept: set[str] = set()  # event ids the sweep claimed, until marked sent
         self._wake = asyncio.Event()
-        self._sweep_soon = False
+        self._sweep_now = asyncio.Event()
         self._marks = asyncio.Event()
         self._marked = asyncio.Event()  # for tests and stop(): set after each marking transaction
-        self._task: asyncio.Task[None] | None = None
-        self._marker: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     def wake(self) -> None:
         """Rows were written that only the sweep will take: sweep now rather than at the next poll."""
-        self._sweep_soon = True
-        self._wake.set()
+        self._sweep_now.set()
 
     def holds(self, event_id: str) -> bool:
         return event_id in self._held
@@ -375,43 +374,59 @@ class OutboxRelay:
             self.wake()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="outbox-relay")
-        self._marker = asyncio.create_task(self._mark_forever(), name="outbox-marker")
+        self._tasks = [asyncio.create_task(self._run(), name="outbox-relay"),
+                       asyncio.create_task(self._sweep_forever(), name="outbox-sweep"),
+                       asyncio.create_task(self._mark_forever(), name="outbox-marker")]
 
     async def backlog(self) -> int:
         async with self.engine.connect() as conn:
             return (await conn.execute(
                 sa.select(sa.func.count()).select_from(self.outbox).where(self.outbox.c.sent_at.is_(None)))).scalar_one()
 
+    def settled(self) -> bool:
+        """Nothing handed over, in flight or waiting to be marked (for tests and operators)."""
+        return not (self._mine or self._held or self._swept or self._sent or self._released)
+
     async def _run(self) -> None:
+        """The handed-over rows: published as they come, never waiting for the database."""
         await self.bus.connected.wait()
         self.accepting = True
-        loop = asyncio.get_running_loop()
-        backoff, next_sweep = self.poll_s, 0.0
         while True:
             # Cleared before the round, not after: a commit made while a round runs must start the next one at
-            # once. (Cleared after, its wake-up was lost and its event waited for the next poll — up to poll_s.)
+            # once. (Cleared after, its wake-up was lost and its event waited for the next poll.)
             self._wake.clear()
             try:
                 while self._mine:
-                    await self._publish(self._take_mine())
-                if self._sweep_soon or loop.time() >= next_sweep:
-                    self._sweep_soon = False
-                    blocked = await self._sweep()
-                    # Rows behind another instance's unsent row wait for its mark: look again soon, not at the poll.
-                    next_sweep = loop.time() + (min(0.02, self.poll_s) if blocked else self.poll_s)
-                    self.accepting = True
-                backoff = self.poll_s
+                    await self._publish(self._take_mine(), swept=False)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                # Until a sweep goes through, new rows go to the sweep, which retries with a growing delay.
+                # Until the sweep gets a round through, new rows go to the sweep, which retries with a growing delay.
                 self.accepting = False
                 log.warning("outbox relay: %s; rows stay in the outbox and are retried", exc or type(exc).__name__)
-                backoff = min(backoff * 2, 5.0)
-                next_sweep = loop.time() + backoff
+                self.wake()
+            await self._wake.wait()
+
+    async def _sweep_forever(self) -> None:
+        """The rows nobody holds. A task of its own: its claims wait for the write lock, the handed-over rows don't."""
+        await self.bus.connected.wait()
+        backoff = self.poll_s
+        while True:
+            self._sweep_now.clear()
             try:
-                await asyncio.wait_for(self._wake.wait(), max(0.0, next_sweep - loop.time()))
+                blocked = await self._sweep()
+                self.accepting = True
+                backoff = self.poll_s
+                # Rows behind another instance's unsent row wait for its mark: look again soon, not at the poll.
+                wait = min(0.02, self.poll_s) if blocked else self.poll_s
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.accepting = False
+                log.warning("outbox relay: %s; rows stay in the outbox and are retried", exc or type(exc).__name__)
+                backoff = wait = min(backoff * 2, 5.0)
+            try:
+                await asyncio.wait_for(self._sweep_now.wait(), wait)
             except asyncio.TimeoutError:
                 pass
 
@@ -422,7 +437,7 @@ class OutboxRelay:
         late = [r for r in batch if r.until - now < self.lease_s / 2]
         if late:
             self._held.difference_update(r.event_id for r in late)
-            self._sweep_soon = True
+            self.wake()
             return [r for r in batch if r not in late]
         return batch
 
@@ -448,8 +463,8 @@ class OutboxRelay:
                 rows = [_Row.of(r, until) for r in (await conn.execute(
                     sa.select(o.c.event_id, o.c.event_type, o.c.subject, o.c.envelope, o.c.trace)
                     .where(o.c.seq.in_(ids), o.c.claimed_until == until).order_by(o.c.seq))).all()]
-            self._held.update(r.event_id for r in rows)
-            await self._publish(rows)
+            self._swept.update(r.event_id for r in rows)
+            await self._publish(rows, swept=True)
             if len(rows) < self.batch:
                 return False
 
@@ -468,7 +483,7 @@ class OutboxRelay:
                 sa.select(sa.exists().where(unclaimed, blocked)))).scalar_one()
         return list(ids), bool(waiting)
 
-    async def _publish(self, rows: list[_Row]) -> None:
+    async def _publish(self, rows: list[_Row], *, swept: bool) -> None:
         if not rows:
             return
         # Publish the batch with confirms in flight together (DESIGN §7: ~4x the rate of one confirm at a time).
@@ -482,11 +497,15 @@ class OutboxRelay:
         if first_failure < len(rows):
             # Retried by the sweep, in order (a success among them may repeat). What was handed over meanwhile
             # goes with them: published now, it could overtake an earlier row of its aggregate.
-            failed = [r.event_id for r in rows[first_failure:]] + [r.event_id for r in self._mine]
-            self._mine.clear()
-            self._held.difference_update(failed)
+            failed = [r.event_id for r in rows[first_failure:]]
+            if swept:
+                self._swept.difference_update(failed)
+            else:
+                failed += [r.event_id for r in self._mine]
+                self._mine.clear()
+                self._held.difference_update(failed)
+                self.epoch += 1
             self._released += failed
-            self.epoch += 1
         self._marks.set()
         if first_failure < len(rows):
             first = results[first_failure]
@@ -530,18 +549,17 @@ class OutboxRelay:
             raise
         for ids, _ in sent:
             self._held.difference_update(ids)
+            self._swept.difference_update(ids)
         self._marked.set()
 
     async def stop(self) -> None:
         """Stop relaying; mark what was confirmed and give back to the sweep what was handed over but not
         published (another instance takes it at once, not after the lease); let go of the connection and lock."""
         self.accepting = False
-        for task in (self._task, self._marker):
-            if task:
-                task.cancel()
-        pending = [t for t in (self._task, self._marker) if t]
-        if pending:
-            await asyncio.wait(pending, timeout=5)
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
         self._released += [r.event_id for r in self._mine]
         self._held.difference_update(r.event_id for r in self._mine)
         self._mine.clear()
