@@ -192,6 +192,38 @@ def confirm_latencies(order_db: Path, since: float) -> tuple[list[float], int]:
     return [(confirmed[s] - placed[s]) * 1000 for s in placed if s in confirmed], len(placed) - len(confirmed)
 
 
+HOPS = ("order relay", "→ catalog applied", "catalog relay", "→ order applied")
+
+
+def hop_latencies(var_dir: Path, since: float) -> dict[str, list[float]]:
+    """Each hop of the saga (ms), from the two databases' own timestamps: order.placed written → sent (the order
+    service's relay) → applied by the catalog (broker + inbox) → stock.reserved sent (the catalog's relay) →
+    applied by the order service (broker + inbox)."""
+    with sqlite3.connect(var_dir / "data" / "order.db") as db:
+        placed = {s: (eid, c, t) for s, eid, c, t in db.execute(
+            "SELECT subject, event_id, created_at, sent_at FROM outbox WHERE event_type = 'order.placed' "
+            "AND created_at >= ?", (since,))}
+        applied_o = dict(db.execute("SELECT event_id, processed_at FROM processed_events WHERE processed_at >= ?",
+                                    (since,)).fetchall())
+    with sqlite3.connect(var_dir / "data" / "catalog.db") as db:
+        reserved = {s: (eid, t) for s, eid, t in db.execute(
+            "SELECT subject, event_id, sent_at FROM outbox WHERE event_type = 'stock.reserved' AND created_at >= ?",
+            (since,))}
+        applied_c = dict(db.execute("SELECT event_id, processed_at FROM processed_events WHERE processed_at >= ?",
+                                    (since,)).fetchall())
+    hops: dict[str, list[float]] = {h: [] for h in HOPS}
+    for subject, (eid, created, sent) in placed.items():
+        if subject not in reserved or eid not in applied_c or sent is None:
+            continue
+        r_eid, r_sent = reserved[subject]
+        if r_sent is None or r_eid not in applied_o:
+            continue
+        stamps = [created, sent, applied_c[eid], r_sent, applied_o[r_eid]]
+        for h, a, b in zip(HOPS, stamps, stamps[1:]):
+            hops[h].append((b - a) * 1000)
+    return hops
+
+
 def top_up_stock(gateway: str, catalog: str) -> None:
     """Enough stock that every order of the run can be confirmed (the seed has 25–500 of each)."""
     from msa_cli.spec import admin_token
@@ -204,8 +236,11 @@ def top_up_stock(gateway: str, catalog: str) -> None:
         r.raise_for_status()
 
 
-def saga_latency(rates: list[float], seconds: float, runs: int = 1) -> list[tuple[float, int, int, list[float], int]]:
-    """(rate, sent, failed, latencies ms, still open) for each run × rate, all on one fresh topology."""
+def saga_latency(rates: list[float], seconds: float, runs: int = 1,
+                 hops: list[tuple[float, dict[str, list[float]]]] | None = None,
+                 ) -> list[tuple[float, int, int, list[float], int]]:
+    """(rate, sent, failed, latencies ms, still open) for each run × rate, all on one fresh topology; `hops`, if
+    given, receives (rate, hop latencies) for each run × rate."""
     from msa_cli.namespace import scratch_topology
 
     results = []
@@ -219,6 +254,8 @@ def saga_latency(rates: list[float], seconds: float, runs: int = 1) -> list[tupl
                 sent, failed = asyncio.run(paced_orders(gateway, rate, seconds))
                 time.sleep(2.0)  # let the last sagas close
                 latencies, open_ = confirm_latencies(spec.var_dir / "data" / "order.db", since)
+                if hops is not None:
+                    hops.append((rate, hop_latencies(spec.var_dir, since)))
                 results.append((rate, sent, failed, latencies, open_))
     return results
 
@@ -261,21 +298,37 @@ def figures(quick: bool) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a small run (CI keeps the harness from rotting)")
+    ap.add_argument("--only", choices=("throughput", "saga"), help="one half of the benchmark")
+    ap.add_argument("--rates", type=lambda v: [float(r) for r in v.split(",")], help="saga rates, e.g. 50,200")
+    ap.add_argument("--seconds", type=float, help="saga: seconds per rate and run")
+    ap.add_argument("--runs", type=int, help="runs of each half (the saga's all on one topology)")
     args = ap.parse_args()
     n = 500 if args.quick else 5000
-    runs = 1 if args.quick else 3
-    kit, raw = throughput(n, runs)
-    print(f"\nevents/s, {n} events, median of {runs} (min–max)")
-    print(f"  outbox → broker → idempotent consumer : {statistics.median(kit):8,.0f}  ({min(kit):,.0f}–{max(kit):,.0f})")
-    print(f"  raw aio-pika, 100 confirms in flight  : {statistics.median(raw):8,.0f}  ({min(raw):,.0f}–{max(raw):,.0f})")
-    print(f"  ratio                                 : {statistics.median(kit) / statistics.median(raw):8.0%}")
-    rates, seconds = ([20.0], 3.0) if args.quick else ([50.0, 200.0], 10.0)
-    print(f"\norder placed → CONFIRMED, {seconds:.0f} s per rate, through the gateway of a fresh local topology")
-    print(f"  {'orders/s':>8} {'sent':>6} {'failed':>6} {'open':>5} {'p50 ms':>8} {'p99 ms':>8}")
-    for rate, sent, failed, lat, open_ in saga_latency(rates, seconds):
+    runs = args.runs or (1 if args.quick else 3)
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if args.only != "saga":
+        kit, raw = throughput(n, runs)
+        print(f"\nevents/s, {n} events, median of {runs} (min–max)")
+        print(f"  outbox → broker → idempotent consumer : {statistics.median(kit):8,.0f}  "
+              f"({min(kit):,.0f}–{max(kit):,.0f})")
+        print(f"  raw aio-pika, 100 confirms in flight  : {statistics.median(raw):8,.0f}  "
+              f"({min(raw):,.0f}–{max(raw):,.0f})")
+        print(f"  ratio                                 : {statistics.median(kit) / statistics.median(raw):8.0%}")
+    if args.only == "throughput":
+        return
+    rates = args.rates or ([20.0] if args.quick else [50.0, 200.0])
+    seconds = args.seconds or (3.0 if args.quick else 10.0)
+    saga_runs = args.runs or 1
+    print(f"\norder placed → CONFIRMED, {seconds:g} s per rate, through the gateway of a fresh local topology")
+    print(f"  {'orders/s':>8} {'sent':>6} {'failed':>6} {'open':>5} {'p50 ms':>8} {'p99 ms':>8}   "
+          f"hops p50/p99 ms: {' | '.join(HOPS)}")
+    hops: list[tuple[float, dict[str, list[float]]]] = []
+    for (rate, sent, failed, lat, open_), (_, hop) in zip(saga_latency(rates, seconds, saga_runs, hops), hops):
         p50 = f"{pct(lat, 50):8.1f}" if lat else "       –"
         p99 = f"{pct(lat, 99):8.1f}" if lat else "       –"
-        print(f"  {rate:8.0f} {sent:6d} {failed:6d} {open_:5d} {p50} {p99}")
+        per_hop = " | ".join(f"{pct(v, 50):.1f}/{pct(v, 99):.1f}" if v else "–" for v in hop.values())
+        print(f"  {rate:8.0f} {sent:6d} {failed:6d} {open_:5d} {p50} {p99}   {per_hop}")
+    print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

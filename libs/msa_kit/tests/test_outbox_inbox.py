@@ -150,14 +150,14 @@ class GatedBus:
         self.publishing = asyncio.Event()
         self.go = asyncio.Event()
 
-    async def publish(self, envelope: dict, _trace: dict) -> None:
+    async def publish_json(self, envelope: str, _event_id: str, _event_type: str, _trace: dict) -> None:
         self.publishing.set()
         await self.go.wait()
-        self.published.append(envelope["data"]["event_id"])
+        self.published.append(json.loads(envelope)["data"]["event_id"])
 
 
-async def commit_event(engine, on_commit, event_id: str) -> None:
-    uow = SqlUnitOfWork(engine, outbox, inbox_table, "/test", on_commit=on_commit)
+async def commit_event(engine, relay, event_id: str) -> None:
+    uow = SqlUnitOfWork(engine, outbox, inbox_table, "/test", relay)
     async with uow:
         agg = Aggregate(event_id)
         agg.events.append(Applied(event_id))
@@ -172,9 +172,9 @@ async def test_a_commit_made_while_the_relay_publishes_is_relayed_at_once_not_at
     relay = OutboxRelay(db, outbox, bus, poll_s=30.0)  # type: ignore[arg-type]
     relay.start()
     try:
-        await commit_event(db, relay.wake, "first")
+        await commit_event(db, relay, "first")
         await asyncio.wait_for(bus.publishing.wait(), 5)
-        await commit_event(db, relay.wake, "second")  # its wake-up arrives while "first" is being published
+        await commit_event(db, relay, "second")  # its wake-up arrives while "first" is being published
         bus.go.set()
         async with asyncio.timeout(10):  # far below the 30 s poll: only the wake-up can have started the round
             while bus.published != ["first", "second"]:

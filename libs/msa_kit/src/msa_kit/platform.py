@@ -141,7 +141,7 @@ class Platform:
         """A unit of work on the service's database; `read_only` ones never wait for (or hold) the write lock."""
         assert self.engine is not None and self.outbox is not None and self.inbox_table is not None
         return self.uow_class(self.engine, self.outbox, self.inbox_table, source=f"/{self.rt.service}",
-                              on_commit=self.relay.wake if self.relay else lambda: None, read_only=read_only)
+                              relay=self.relay, read_only=read_only)
 
     def handle(self, event_type: str, model: type[M], handler: Callable[[M, Any], Awaitable[None]]) -> None:
         """Consume `event_type`: its payload is parsed into `model`, then `handler(payload, uow)` runs at most once
