@@ -263,7 +263,8 @@ def measure(runs: int, seconds: float, concurrency: int, progress: bool = True) 
         if progress:
             p = run.placement
             print(f"  run {i + 1}/{runs}: up {run.up_s:.2f} s (stand-ins {run.reference_up_s:.2f} s), "
-                  f"RSS {run.rss_mb:.0f} MB idle / {run.rss_loaded_mb:.0f} MB loaded, "
+                  f"PSS {run.pss_mb:.0f} MB idle / {run.pss_loaded_mb:.0f} MB loaded (RSS summed {run.rss_mb:.0f} / "
+                  f"{run.rss_loaded_mb:.0f}), "
                   f"orders {p.rps:.0f}/s p50 {pct(p.latencies_ms, 50):.1f} ms p99 {pct(p.latencies_ms, 99):.1f} ms"
                   + (f", failures {dict(p.failures)}" if p.failures else ""), flush=True)
     return out

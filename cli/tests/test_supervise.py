@@ -5,6 +5,7 @@ started that way or by execve: same process tree, title, environment, signals, e
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -91,6 +92,24 @@ def test_a_killed_program_is_restarted_the_same_way(topo: Topology):
     new = whoami(topo)
     assert new["ppid"] == topo._supervisord_pid()
     assert (new["dependency_imported_in"] != new["pid"]) == (topo.mode == "preloaded")
+
+
+def test_a_program_restarted_after_an_edit_runs_the_edited_code(topo: Topology):
+    # Preloaded, the old code is still in supervisord's memory: a program whose preloaded files changed gets an
+    # interpreter of its own, as the exec'd one always does.
+    dependency = SHARED / "preloaded_dependency.py"
+    old = whoami(topo)["pid"]
+    stamp = dependency.stat()
+    try:
+        dependency.touch()  # as an editor saving it would
+        topo.kill(SERVICE)
+        _wait_health(topo, not_pid=old)
+        me = whoami(topo)
+        assert me["dependency_imported_in"] == me["pid"]  # imported afresh: the edit is what runs
+        said = "changed since supervisord imported it" in topo.log_path(SERVICE).read_text()
+        assert said == (topo.mode == "preloaded")
+    finally:
+        os.utime(dependency, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
 
 
 def _wait_health(topo: Topology, not_pid: int | None = None, timeout: float = 15.0) -> None:

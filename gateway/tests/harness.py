@@ -82,7 +82,7 @@ class Upstreams:
 
 
 class MockResponse:
-    """An httpx.Response as the proxy sees an upstream's answer (client.Response)."""
+    """An httpx.Response as the proxy sees an upstream's answer (msa_kit.http1.Response)."""
 
     def __init__(self, response: httpx.Response) -> None:
         self.response, self.status_code, self.instance = response, response.status_code, ""
@@ -103,7 +103,7 @@ class MockResponse:
 
 
 class MockClient:
-    """client.Pool's interface, answering through `handler` (an httpx.Request in, an httpx.Response out)."""
+    """msa_kit.http1.Pool's interface, answering through `handler` (an httpx.Request in, an httpx.Response out)."""
 
     def __init__(self, handler: Callable[[httpx.Request], Any]) -> None:
         self.handler = handler

@@ -235,6 +235,22 @@ async def test_502_when_the_upstream_breaks():
     await h.close()
 
 
+@pytest.mark.parametrize(("error", "status", "said"), [(httpx.ReadError("reset"), 502, "broke off its answer (reset)"),
+                                                       (httpx.ReadTimeout("stalled"), 504, "stopped answering")])
+async def test_a_small_answer_that_breaks_off_is_a_clean_error_not_a_cut_short_200(error, status, said):
+    # A small answer (by Content-Length) is read whole before any of it is sent: one that breaks off halfway is
+    # still answered with a problem, where a streamed one could only be cut short.
+    class Breaks(httpx.AsyncByteStream):
+        async def __aiter__(self):
+            yield b'{"sku": "X", '
+            raise error
+
+    h = Harness([{**CATALOG, "url": "http://127.0.0.1:9999", "service": None}])
+    h.upstreams.handlers[9999] = lambda request: httpx.Response(200, headers={"content-length": "40"}, stream=Breaks())
+    assert said in is_problem(await h.client.get("/api/catalog/p"), status)["detail"]
+    await h.close()
+
+
 async def test_503_no_instance_and_breaker_open():
     h = Harness([CATALOG, ORDERS], instances={"order": [instance("order", 9301)], "user": [instance("user", 9100)]},
                 breaker=BreakerPolicy(2, 60))

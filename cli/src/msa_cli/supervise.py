@@ -43,8 +43,27 @@ PRELOAD_ENV = "MSA_PRELOAD"
 _SUPERVISORD_SIGNALS = (signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR2)
 
 
+class _Preloaded:
+    """When the preload began and which files it imported: a program forked after one of them changed would run
+    the old code, so it gets a new interpreter instead (someone edited a service and restarted it)."""
+
+    started = 0.0
+    files: tuple[str, ...] = ()
+
+    @classmethod
+    def changed(cls) -> str | None:
+        for path in cls.files:
+            try:
+                if os.stat(path).st_mtime > cls.started:
+                    return path
+            except OSError:
+                return path
+        return None
+
+
 def preload(modules: Sequence[str]) -> list[str]:
     """Import what the programs will import; returns the modules that failed (their programs import them then)."""
+    _Preloaded.started = time.time()
     failed = []
     for name in modules:
         try:
@@ -52,6 +71,8 @@ def preload(modules: Sequence[str]) -> list[str]:
         except Exception:  # noqa: BLE001 - the program itself will meet (and report) the same error
             print(f"msa_cli.supervise: could not preload {name}:\n{traceback.format_exc()}", file=sys.stderr)
             failed.append(name)
+    _Preloaded.files = tuple(sorted({f for m in list(sys.modules.values())
+                                     if isinstance(f := getattr(m, "__file__", None), str)}))
     # Imported objects live until exit: keep the collector from walking them (and so from writing to the pages
     # the children share).
     gc.collect()
@@ -105,6 +126,10 @@ class PreloadingOptions(ServerOptions):
 
     def execve(self, filename: str, argv: list[str], env: dict[str, str]) -> None:
         command = module_command(filename, argv) if self.fork_run else None
+        if command is not None and (edited := _Preloaded.changed()):
+            os.write(2, f"msa_cli.supervise: {edited} changed since supervisord imported it: {command[0]} starts in "
+                        "an interpreter of its own (`make down && make up` preloads the new code)\n".encode())
+            command = None
         if command is None:
             return super().execve(filename, argv, env)
         run_module_here(*command, env)

@@ -288,14 +288,24 @@ class Proxy:
             if attempt < attempts and upstream.status_code in RETRY_STATUSES:
                 await upstream.aclose()
                 continue
-            if attempt < attempts and _small(upstream):
-                # Nothing is sent yet, so an instance that dies halfway through its answer can still be retried:
-                # read a small body whole first (a large one streams, and can't be).
+            if _small(upstream):
+                # A small answer is read whole before any of it is sent. Its head and body often arrive in reads of
+                # their own (uvicorn writes them separately), and sent as they come they would cost the client two
+                # or three writes and wake-ups instead of one. And with nothing sent yet, an instance that dies
+                # halfway through its answer can still be retried, or answered with a clean 502/504.
                 try:
-                    buffered = await upstream.read()
-                except (httpx.HTTPError, OSError):
+                    buffered = upstream.whole_body()
+                    if buffered is None:
+                        buffered = await upstream.read()
+                except (httpx.HTTPError, OSError) as exc:
                     await upstream.aclose()
-                    continue
+                    if attempt < attempts:
+                        continue
+                    if isinstance(exc, httpx.TimeoutException):
+                        return await fail(504, f"{route.target} stopped answering ({exc or type(exc).__name__})",
+                                          route, user)
+                    return await fail(502, f"{route.target} broke off its answer ({exc or type(exc).__name__})",
+                                      route, user)
             break
 
         instance = upstream.instance or route.target
@@ -309,7 +319,7 @@ class Proxy:
                         has_length = True
             out += route.resp_add
             if buffered is None:
-                buffered = upstream.whole_body()  # the usual case: it came with the headers
+                buffered = upstream.whole_body()  # a larger answer that came with its head
             if buffered is not None:
                 await ex.respond(upstream.status_code, out, buffered, has_length)
             else:
@@ -329,7 +339,7 @@ class Proxy:
         return upstream.status_code, route, instance, user
 
 
-RETRY_BUFFER_BYTES = 65_536  # a retryable answer up to this size is read whole before any of it is sent
+RETRY_BUFFER_BYTES = 65_536  # an answer up to this size (by Content-Length) is read whole before any of it is sent
 
 
 def _small(upstream: Response) -> bool:
