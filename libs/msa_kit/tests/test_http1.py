@@ -90,22 +90,28 @@ async def test_a_small_answer_comes_whole_and_the_connection_is_reused():
         await pool.aclose()
 
 
-async def test_streams_a_chunked_answer_and_a_chunked_upload():
-    async def chunked(request: dict, writer: asyncio.StreamWriter) -> bool:
+def chunked_answer(chunks: int) -> Answer:
+    """A chunked answer of `chunks` × 100 kB, written as fast as the client reads."""
+    async def answer(_request: dict, writer: asyncio.StreamWriter) -> bool:
         writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
-        for _ in range(30):
+        for _ in range(chunks):
             writer.write(b"%x\r\n%b\r\n" % (100_000, b"z" * 100_000))
             await writer.drain()
         writer.write(b"0\r\n\r\n")
         return True
+    return answer
 
-    async def upload():
-        for _ in range(20):
-            yield b"y" * 50_000
 
-    async with Server(chunked) as server:
+async def upload(pieces: int):
+    for _ in range(pieces):
+        yield b"y" * 50_000
+
+
+async def test_streams_a_chunked_answer_and_a_chunked_upload():
+    async with Server(chunked_answer(30)) as server:
         pool = Pool()
-        r = await pool.request("127.0.0.1", server.port, b"POST", b"/up", [], upload(), timeout=2, connect_timeout=1)
+        r = await pool.request("127.0.0.1", server.port, b"POST", b"/up", [], upload(20), timeout=2,
+                               connect_timeout=1)
         assert len(await r.read()) == 3_000_000
         assert len(server.requests[0]["body"]) == 1_000_000
         assert server.requests[0]["headers"][b"transfer-encoding"] == b"chunked"
@@ -235,21 +241,9 @@ async def test_httpx_calls_go_through_one_keep_alive_connection():
 
 
 async def test_httpx_streams_both_ways():
-    async def chunked(request: dict, writer: asyncio.StreamWriter) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
-        for _ in range(20):
-            writer.write(b"%x\r\n%b\r\n" % (100_000, b"z" * 100_000))
-            await writer.drain()
-        writer.write(b"0\r\n\r\n")
-        return True
-
-    async def upload():
-        for _ in range(10):
-            yield b"y" * 50_000
-
-    async with Server(chunked) as server:
+    async with Server(chunked_answer(20)) as server:
         async with httpx.AsyncClient(transport=Http1Transport()) as c:
-            async with c.stream("PUT", f"http://127.0.0.1:{server.port}/up", content=upload()) as r:
+            async with c.stream("PUT", f"http://127.0.0.1:{server.port}/up", content=upload(10)) as r:
                 sizes = [len(chunk) async for chunk in r.aiter_raw()]
         assert sum(sizes) == 2_000_000 and len(sizes) > 1
         assert len(server.requests[0]["body"]) == 500_000
