@@ -1,6 +1,7 @@
 """The gateway's proxy in-process, in front of fake upstreams: tiny functions behind the kit's real guards
 (bulkhead, breaker, balancer) and a stand-in for the lean client that hands each request, as an httpx.Request, to
-the function of its port; and a real RSA key pair behind a fake JWKS. (test_client.py tests the real client.)"""
+the function of its port; and a real RSA key pair behind a fake JWKS. (libs/msa_kit/tests/test_http1.py tests the
+real client.)"""
 
 from __future__ import annotations
 

@@ -94,7 +94,8 @@ def run_module_here(module: str, args: list[str], env: Mapping[str, str]) -> NoR
         signal.signal(signal.SIGINT, signal.default_int_handler)
         for sig in _SUPERVISORD_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
-        _set_title(" ".join(["python", "-m", module, *args]))  # as `ps` shows argv  # first: setproctitle reads the environment
+        # The title as `ps` shows an argv; set first, as setproctitle reads the environment it started with.
+        _set_title(" ".join(["python", "-m", module, *args]))
         os.environ.clear()
         os.environ.update(env)
         _fresh_stdio(unbuffered=bool(env.get("PYTHONUNBUFFERED")))

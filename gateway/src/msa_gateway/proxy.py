@@ -4,7 +4,7 @@ The gateway's hot path (DESIGN §7: FastAPI's per-request cost is ~3× bare Star
 `asgi.Exchange`, which the gateway's own server implements straight on the connection (server.py) and
 `AsgiExchange` over ASGI: headers stay the byte pairs the server parsed, the route table is precompiled, and
 nothing is validated twice. Upstream calls go through the kit's guards (discovery cache, balancing with outlier
-ejection, breaker, bulkhead) over a lean HTTP/1.1 client (`upstream.Upstreams`, `client.Pool`).
+ejection, breaker, bulkhead) over a lean HTTP/1.1 client (`upstream.Upstreams`, `msa_kit.http1.Pool`).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class Config:
 
 class Proxy:
     """`upstreams`: where a route's requests go — a service through the kit's guards, or a fixed URL through a
-    breaker — over a client that takes and gives header byte pairs (client.py says why not httpx's models).
+    breaker — over a client that takes and gives header byte pairs (msa_kit.http1 says why not httpx's models).
     `access`: the access log's writer (None: no access log, as in unit tests)."""
 
     def __init__(self, config: Config, upstreams: Upstreams, verifier: JwksVerifier, buckets: Buckets,
@@ -339,13 +339,13 @@ class Proxy:
         return upstream.status_code, route, instance, user
 
 
-RETRY_BUFFER_BYTES = 65_536  # an answer up to this size (by Content-Length) is read whole before any of it is sent
+SMALL_ANSWER_BYTES = 65_536  # an answer up to this size (by Content-Length) is read whole before it is sent
 
 
 def _small(upstream: Response) -> bool:
     for name, value in upstream.headers:
         if name == b"content-length":
-            return value.isdigit() and int(value) <= RETRY_BUFFER_BYTES
+            return value.isdigit() and int(value) <= SMALL_ANSWER_BYTES
     return False
 
 

@@ -150,7 +150,7 @@ class GatedBus:
         self.publishing = asyncio.Event()
         self.go = asyncio.Event()
 
-    async def publish_json(self, envelope: str, _event_id: str, _event_type: str, _trace: dict) -> None:
+    async def publish(self, envelope: str, _event_id: str, _event_type: str, _trace: dict) -> None:
         self.publishing.set()
         await self.go.wait()
         self.published.append(json.loads(envelope)["data"]["event_id"])

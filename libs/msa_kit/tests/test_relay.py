@@ -57,7 +57,7 @@ class RecordingBus:
         self.fail = fail
         self.waiting = 0  # publishes started and not yet answered
 
-    async def publish_json(self, envelope: str, _event_id: str, _event_type: str, _trace: dict) -> None:
+    async def publish(self, envelope: str, _event_id: str, _event_type: str, _trace: dict) -> None:
         self.waiting += 1
         try:
             await self.release.wait()

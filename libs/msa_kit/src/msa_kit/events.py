@@ -145,13 +145,9 @@ class EventBus:
             await queue.bind(self.exchange, routing_key=event_type)
         await queue.consume(self._on_message)
 
-    async def publish(self, envelope: dict[str, Any], trace_headers: dict[str, str]) -> None:
-        """Publish one CloudEvent under the trace context it was written in; returns once the broker confirmed."""
-        await self.publish_json(json.dumps(envelope), envelope["id"], envelope["type"], trace_headers)
-
-    async def publish_json(self, envelope: str, event_id: str, event_type: str,
-                           trace_headers: dict[str, str]) -> None:
-        """`publish` for an envelope already serialised (the outbox stores it so): no parse and re-encode."""
+    async def publish(self, envelope: str, event_id: str, event_type: str, trace_headers: dict[str, str]) -> None:
+        """Publish one CloudEvent — its JSON, as the outbox stores it — under the trace context it was written in;
+        returns once the broker confirmed."""
         if self.exchange is None:
             raise ConnectionError("not connected to the broker")
         token = otel_context.attach(propagate.extract(trace_headers))

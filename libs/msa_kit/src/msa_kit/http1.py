@@ -116,8 +116,9 @@ class UpstreamResponse:
                 return
             self._waiter = asyncio.get_running_loop().create_future()
             try:
-                await asyncio.wait_for(self._waiter, self._read_timeout)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(self._read_timeout):  # cheaper than wait_for: this runs per read
+                    await self._waiter
+            except TimeoutError:
                 self._finish(httpx.ReadTimeout("the upstream stopped sending its answer"))
                 self._release()
                 raise self._error from None  # type: ignore[misc]

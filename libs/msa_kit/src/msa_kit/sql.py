@@ -265,26 +265,25 @@ class SqlUnitOfWork(UnitOfWork):
         if rows:
             if self.relay is not None and self.relay.accepting:
                 epoch = self.relay.epoch
-                owned = await self._ownable(rows)
+                elsewhere = await self._held_elsewhere(rows)
                 until = time.time() + self.relay.lease_s
                 for row in rows:
-                    row["claimed_until"] = until if row in owned else None
+                    row["claimed_until"] = None if row["subject"] in elsewhere else until
+                owned = [row for row in rows if row["claimed_until"] is not None]
             await self.conn.execute(self.outbox.insert(), rows)
         await self.conn.commit()
         if self.relay is not None and rows:
             self.relay.committed(owned, len(rows) - len(owned), epoch)
 
-    async def _ownable(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The rows this process's relay may publish straight away without breaking an aggregate's order: those
-        of aggregates with no earlier unsent row, or only earlier rows this relay holds (it publishes in order).
-        An aggregate with an earlier row elsewhere (another instance's, or waiting for a retry) keeps the
-        claim-in-order path (`OutboxRelay`'s sweep)."""
+    async def _held_elsewhere(self, rows: list[dict[str, Any]]) -> set[str]:
+        """The aggregates among `rows` with an earlier unsent row this process's relay does not hold (another
+        instance's, or one waiting for a retry). Their new rows keep the claim-in-order path (`OutboxRelay`'s
+        sweep); the others' may be published straight away without breaking an aggregate's order."""
         assert self.relay is not None
         o = self.outbox
         earlier = await self.conn.execute(sa.select(o.c.subject, o.c.event_id).where(
             o.c.subject.in_({r["subject"] for r in rows}), o.c.sent_at.is_(None)))
-        elsewhere = {subject for subject, event_id in earlier if not self.relay.holds(event_id)}
-        return [r for r in rows if r["subject"] not in elsewhere]
+        return {subject for subject, event_id in earlier if not self.relay.holds(event_id)}
 
     async def rollback(self) -> None:
         if self.conn.in_transaction():
@@ -488,7 +487,7 @@ class OutboxRelay:
             return
         # Publish the batch with confirms in flight together (DESIGN §7: ~4x the rate of one confirm at a time).
         results = await asyncio.gather(
-            *(self.bus.publish_json(r.envelope, r.event_id, r.event_type, json.loads(r.trace)) for r in rows),
+            *(self.bus.publish(r.envelope, r.event_id, r.event_type, json.loads(r.trace)) for r in rows),
             return_exceptions=True)
         first_failure = next((i for i, res in enumerate(results) if isinstance(res, BaseException)), len(rows))
         if first_failure:
