@@ -16,13 +16,13 @@ help:
 	@echo "make status  what runs, and its health"
 	@echo "make test    the whole test suite (unit, contract, integration against the real topology)"
 	@echo "make bench   every performance figure beside its reference, one table (~8 min; bench/README.md)"
-	@echo "make lock    re-pin requirements/*.in into hash-locked requirements/*.lock"
+	@echo "make lock    re-pin requirements/*.in into hash-locked requirements/*.lock (main: runtime, the image; dev: + tests)"
 	@echo "make clean-data  remove the local databases (and config snapshots, registry state) under var/"
 
-$(STAMP): requirements/main.lock requirements/bootstrap.lock
+$(STAMP): requirements/main.lock requirements/dev.lock requirements/bootstrap.lock
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --disable-pip-version-check --require-hashes -r requirements/bootstrap.lock
-	@$(BIN)/uv pip sync -q --compile-bytecode --python $(BIN)/python --require-hashes requirements/main.lock
+	@$(BIN)/uv pip sync -q --compile-bytecode --python $(BIN)/python --require-hashes requirements/dev.lock
 	@# Our own packages are source trees on the path (what an editable install would do, without a build step).
 	@site=$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
 	  for d in $(SRC_DIRS); do echo "$(CURDIR)/$$d"; done > "$$site/msa-sandbox.pth"
@@ -59,6 +59,7 @@ bench-quick: $(STAMP)
 lock:
 	@test -x $(BIN)/uv || $(MAKE) install
 	cd requirements && ../$(BIN)/uv pip compile -q --generate-hashes --python-version 3.11 --no-header --no-annotate main.in -o main.lock
+	cd requirements && ../$(BIN)/uv pip compile -q --generate-hashes --python-version 3.11 --no-header --no-annotate -c main.lock dev.in -o dev.lock
 	cd requirements && ../$(BIN)/uv pip compile -q --generate-hashes --python-version 3.11 --no-header --no-annotate bootstrap.in -o bootstrap.lock
 
 clean-data: down

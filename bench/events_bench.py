@@ -59,9 +59,11 @@ class Pinger:
 async def kit_throughput(n: int, tmp: Path) -> float:
     from pydantic import BaseModel
 
-    from msa_kit.events import EventBus, Inbox, InboxDispatcher
+    from msa_kit.events import EventBus
+    from msa_kit.inbox import Inbox, InboxDispatcher
     from msa_kit.runtime import Runtime
-    from msa_kit.sql import OutboxRelay, SqlUnitOfWork, add_messaging_tables, create_schema, database_engine
+    from msa_kit.outbox import OutboxRelay, SqlUnitOfWork, add_messaging_tables
+    from msa_kit.sql import create_schema, database_engine
 
     namespace = f"bench-{uuid.uuid4().hex[:6]}."
     os.environ.update(MSA_VAR_DIR=str(tmp), MSA_NAMESPACE=namespace, AMQP_URL=AMQP_URL)

@@ -40,7 +40,8 @@ def stock_aiosqlite_engine(path: Path) -> AsyncEngine:
 
 
 async def cpu_per_unit_of_work(engine: AsyncEngine, n: int) -> tuple[float, float]:
-    from msa_kit.sql import SqlUnitOfWork, add_messaging_tables, create_schema
+    from msa_kit.outbox import SqlUnitOfWork, add_messaging_tables
+    from msa_kit.sql import create_schema
 
     metadata = sa.MetaData()
     outbox, inbox = add_messaging_tables(metadata)

@@ -1,40 +1,79 @@
-"""One real topology for the whole session: every process of `make up`, on free ports, with its own var dir and
-its own broker namespace, so it never collides with a sandbox a person is running on the same machine."""
+"""The real topology for the whole session: every process of `make up`, on free ports, with its own var dir and
+its own broker namespace, so it never collides with a sandbox a person is running on the same machine.
+
+Two of them: `stack` as `make up` runs it (SQLite files, spans in var/traces), and `postgres_stack` as the compose
+stack runs it (each service in a PostgreSQL database of its own, made for the session and dropped after; every span
+exported over OTLP/HTTP, to a receiver in the test). Test modules that prove a promise on both backends ask for
+for a `stack` of their own (support.stack_on)."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+import dependencies
+from msa_cli.namespace import drop_namespace
 from msa_cli.runner import Topology
 from msa_cli.spec import DEMO_ENCRYPT_KEY, Ports, default_spec, repo_root
-from msa_cli.namespace import drop_namespace
+from otlp import OtlpReceiver
 from support import ADMIN_TOKEN, Api, Stack
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@contextmanager
+def booted(tmp_path_factory: pytest.TempPathFactory, amqp_url: str, *, databases: dict[str, str] | None = None,
+           otlp: OtlpReceiver | None = None) -> Iterator[Stack]:
     namespace = f"test-{uuid.uuid4().hex[:8]}."
     ports = Ports.free()
     # A copy of config-repo, so tests can change configuration live without touching the checkout.
     config_repo = tmp_path_factory.mktemp("config") / "config-repo"
     shutil.copytree(repo_root() / "config-repo", config_repo)
-    spec = default_spec(ports, var_dir=tmp_path_factory.mktemp("var"), namespace=namespace, config_repo=config_repo)
+    extra_env = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url} if otlp else None
+    spec = default_spec(ports, var_dir=tmp_path_factory.mktemp("var"), namespace=namespace, config_repo=config_repo,
+                        amqp_url=amqp_url, databases=databases, extra_env=extra_env)
     topology = Topology(spec)
     took = topology.up(timeout=60)
-    print(f"\ntopology up in {took:.1f} s on gateway port {ports.gateway}")
+    print(f"\ntopology up in {took:.1f} s on gateway port {ports.gateway}"
+          f"{' (PostgreSQL, OTLP)' if databases else ''}")
     try:
-        yield Stack(topology, ports, namespace, config_repo)
+        yield Stack(topology, ports, namespace, config_repo, backend="postgresql" if databases else "sqlite",
+                    otlp=otlp, databases=databases)
     finally:
         topology.down()
         drop_namespace(spec.amqp_url, namespace)
         leaked = [str(p) for p in Path(spec.var_dir, "log").glob("*.log")
                   if any(secret in p.read_text(errors="replace") for secret in (ADMIN_TOKEN, DEMO_ENCRYPT_KEY))]
         assert not leaked, f"a secret appears in {leaked}"
+
+
+@pytest.fixture(scope="session")
+def sqlite_stack(tmp_path_factory: pytest.TempPathFactory, amqp_url: str) -> Iterator[Stack]:
+    with booted(tmp_path_factory, amqp_url) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def stack(sqlite_stack: Stack) -> Stack:
+    return sqlite_stack
+
+
+@pytest.fixture(scope="session")
+def postgres_stack(tmp_path_factory: pytest.TempPathFactory, amqp_url: str, postgres_server: str) -> Iterator[Stack]:
+    run = uuid.uuid4().hex[:8]
+    names = {service: f"msa_test_{service}_{run}" for service in ("user", "catalog", "order")}
+    databases = {service: asyncio.run(dependencies.create_database(postgres_server, name))
+                 for service, name in names.items()}
+    try:
+        with OtlpReceiver() as otlp, booted(tmp_path_factory, amqp_url, databases=databases, otlp=otlp) as s:
+            yield s
+    finally:
+        for name in names.values():
+            asyncio.run(dependencies.drop_database(postgres_server, name))
 
 
 @pytest.fixture

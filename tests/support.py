@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from msa_cli.runner import Topology
 from msa_cli.spec import DEMO_ADMIN_TOKEN, Ports
@@ -25,6 +26,9 @@ class Stack:
     ports: Ports
     namespace: str
     config_repo: Path
+    backend: str = "sqlite"  # the services' databases: "sqlite" (files under var/) or "postgresql"
+    otlp: Any = None  # an otlp.OtlpReceiver when every program exports its spans over OTLP
+    databases: dict[str, str] | None = None  # per service, its DATABASE_URL (PostgreSQL); None: SQLite files
 
     def admin(self, program: str, path: str = "/admin/config") -> dict[str, Any]:
         r = httpx.get(self.topology.url(program) + path, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
@@ -50,6 +54,9 @@ class Stack:
         return self.topology.var_dir
 
     def spans(self, trace_id: str) -> list[dict[str, Any]]:
+        """Every span of one trace that has arrived so far: from the OTLP receiver, or from var/traces."""
+        if self.otlp is not None:
+            return self.otlp.trace(trace_id)
         out = []
         for path in (self.var_dir / "traces").glob("*.jsonl"):
             for line in path.read_text().splitlines():
@@ -57,6 +64,19 @@ class Stack:
                 if span["context"]["trace_id"] == f"0x{trace_id}":
                     out.append(span)
         return out
+
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def stack_on(request: pytest.FixtureRequest) -> Stack:
+    """For a module whose every test runs on both backends, its own `stack` fixture:
+
+        @pytest.fixture(params=BACKENDS)
+        def stack(request): return stack_on(request)
+
+    (the PostgreSQL stack also exports every span over OTLP)."""
+    return request.getfixturevalue("sqlite_stack" if request.param == "sqlite" else "postgres_stack")
 
 
 class Api:

@@ -60,3 +60,34 @@ def test_the_rules_see_the_code():
     # Guard against the globs above silently matching nothing after a move.
     assert len(files("services/*/src/*/domain/*.py")) >= 3
     assert len(files("libs/msa_kit/src/msa_kit/*.py")) >= 5
+
+
+KIT = ROOT / "libs/msa_kit/src/msa_kit"
+
+
+def kit_imports(path: Path) -> set[str]:
+    """The kit's own modules a kit module imports (`from .outbox import …`, `from . import sql`), at any depth."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("msa_kit."):
+            found.add(node.module.split(".")[1])
+    return found
+
+
+def test_the_kits_modules_import_each_other_in_one_direction_only():
+    """Each kit module holds one idea and no two need each other (a late import would hide a circle)."""
+    graph = {p.stem: kit_imports(p) - {p.stem} for p in KIT.glob("*.py")}
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(n == goal or (n not in seen and reaches(n, goal, seen | {n})) for n in graph.get(start, ()))
+
+    circles = sorted(m for m in graph if reaches(m, m, {m}))
+    assert not circles, f"kit modules in an import circle: {circles}"
+
+
+def test_sql_is_only_the_database_adapter():
+    """Engines and transactions on SQLite and PostgreSQL; the outbox, the inbox and the bus are the events side."""
+    assert not kit_imports(KIT / "sql.py") & {"events", "outbox", "inbox", "tracing"}
+    assert {"sql", "events", "inbox"} <= kit_imports(KIT / "outbox.py")

@@ -13,11 +13,17 @@ import httpx
 import pytest
 
 from msa_faultproxy.client import FaultProxyClient
-from support import ADMIN_TOKEN, Stack
+from support import ADMIN_TOKEN, BACKENDS, Stack, stack_on
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=BACKENDS)
+def stack(request: pytest.FixtureRequest) -> Stack:
+    """Every test here runs on both backends: SQLite, and PostgreSQL (the compose stack's, spans over OTLP)."""
+    return stack_on(request)
 
 USERS, ORDERS_PER_USER, CONCURRENCY = 10, 100, 16
 

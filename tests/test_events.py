@@ -13,10 +13,16 @@ import aio_pika
 import httpx
 import pytest
 
-from support import ADMIN_TOKEN, Api, Stack
+from support import ADMIN_TOKEN, BACKENDS, Api, Stack, stack_on
 from test_config_refresh import edited, refresh, wait_for
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=BACKENDS)
+def stack(request: pytest.FixtureRequest) -> Stack:
+    """Every test here runs on both backends: SQLite, and PostgreSQL (the compose stack's, spans over OTLP)."""
+    return stack_on(request)
 
 
 def publish(stack: Stack, routing_key: str, body: bytes, message_id: str | None = None) -> None:

@@ -6,9 +6,15 @@ import time
 
 import pytest
 
-from support import Api, Stack
+from support import BACKENDS, Api, Stack, stack_on
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=BACKENDS)
+def stack(request: pytest.FixtureRequest) -> Stack:
+    """Every test here runs on both backends: SQLite, and PostgreSQL (the compose stack's, spans over OTLP)."""
+    return stack_on(request)
 
 
 def test_every_instance_is_passing_in_discovery(stack: Stack):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 import uuid
 
@@ -12,9 +11,6 @@ import aio_pika
 import pytest
 
 from msa_config_server.bus import BusPublisher, destination_service
-
-AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-
 
 @pytest.mark.parametrize("given,expected", [(None, "**"), ("**", "**"), ("catalog", "catalog:**"),
                                             ("catalog:*", "catalog:*"), ("catalog:catalog-2", "catalog:catalog-2")])
@@ -33,11 +29,11 @@ async def test_unreachable_broker_is_a_fast_503(write_repo, client_for) -> None:
 
 
 @pytest.mark.integration
-async def test_busrefresh_publishes_on_the_namespaced_exchange(write_repo, client_for) -> None:
+async def test_busrefresh_publishes_on_the_namespaced_exchange(write_repo, client_for, amqp_url) -> None:
     namespace = f"test-{uuid.uuid4().hex[:8]}."
     exchange_name = f"{namespace}msa.bus"
-    connection = await aio_pika.connect(AMQP_URL, timeout=5)
-    bus = BusPublisher(AMQP_URL, exchange_name)  # ours, so the test can close it (ASGITransport runs no lifespan)
+    connection = await aio_pika.connect(amqp_url, timeout=5)
+    bus = BusPublisher(amqp_url, exchange_name)  # ours, so the test can close it (ASGITransport runs no lifespan)
     try:
         channel = await connection.channel()
         exchange = await channel.declare_exchange(exchange_name, aio_pika.ExchangeType.TOPIC, durable=True)

@@ -7,6 +7,7 @@ never a traceback. Later commands (`msa chaos ...`, `msa load`) go beside these,
 from __future__ import annotations
 
 import os
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +18,7 @@ from rich.table import Table
 from . import load as load_generator
 from .canary import canary
 from .chaos import chaos
+from .compose import ComposeTopology
 from .preflight import mask_url
 from .runner import AlreadyRunning, NotRunning, ProgramStatus, Topology, TopologyError
 from .spec import default_spec
@@ -31,12 +33,40 @@ app = typer.Typer(
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
-_state: dict[str, Path | None] = {"var_dir": None}
 
 
-def build_topology() -> Topology:
+class Target(str, Enum):
+    local = "local"
+    compose = "compose"
+
+
+_state: dict[str, Path | str | None] = {"var_dir": None, "target": None}
+
+
+def target() -> str:
+    """`local` (supervisord, spec.default_spec) or `compose` (docker-compose.yml): --target, else $MSA_TARGET."""
+    return str(_state["target"] or os.environ.get("MSA_TARGET") or Target.local.value)
+
+
+def build_topology() -> Topology | ComposeTopology:
     """The topology every command acts on (tests replace this to run stand-in programs)."""
+    if target() == Target.compose.value:
+        try:
+            return ComposeTopology()
+        except TopologyError as exc:
+            raise fail(str(exc)) from None
     return Topology(default_spec(var_dir=_state["var_dir"]))
+
+
+def is_compose(topo: object) -> bool:
+    return isinstance(topo, ComposeTopology)
+
+
+def admin_token() -> str:
+    """The admin token of the target: $MSA_ADMIN_TOKEN; in compose mode also MSA_ADMIN_TOKEN from its `.env`."""
+    from . import compose, spec
+
+    return compose.admin_token() if target() == Target.compose.value else spec.admin_token()
 
 
 @app.callback()
@@ -45,8 +75,14 @@ def _options(
         Path | None,
         typer.Option(help="Where runtime state, logs and traces live [default: <repo>/var, or $MSA_VAR_DIR]"),
     ] = None,
+    target: Annotated[
+        Target,
+        typer.Option(envvar="MSA_TARGET", case_sensitive=False,
+                     help="local: the processes of `make up`; compose: the docker compose stack (docker-compose.yml)"),
+    ] = Target.local,
 ) -> None:
     _state["var_dir"] = var_dir
+    _state["target"] = target.value
 
 
 app.add_typer(chaos, name="chaos")
@@ -61,13 +97,15 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 @app.command()
 def up(
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for everything to be healthy")] = 20.0,
+    timeout: Annotated[
+        float | None, typer.Option(help="Seconds to wait for everything to be healthy [default: 20; compose: 300]")
+    ] = None,
 ) -> None:
     """Start the whole topology and wait until every instance is healthy."""
     topo = build_topology()
     try:
         with console.status("Starting: waiting for every instance to register as healthy…"):
-            elapsed = topo.up(timeout)
+            elapsed = topo.up() if timeout is None else topo.up(timeout)
     except AlreadyRunning:
         console.print("[green]Already up.[/] (`make status` shows its health, `make down` stops it.)")
         print_urls(topo)
@@ -77,6 +115,11 @@ def up(
     except KeyboardInterrupt:
         raise fail("Interrupted; stopped everything.", 130) from None
     print_urls(topo)
+    if is_compose(topo):
+        console.print(f"[green]Up in {elapsed:.1f} s.[/] Crashed containers are restarted by compose "
+                      "(`restart: unless-stopped`). `msa --target compose status` shows health, "
+                      "`msa --target compose down` stops everything.", soft_wrap=True)
+        return
     console.print(
         f"[green]Up in {elapsed:.1f} s.[/] Crashed processes are restarted by supervisord. "
         "`make status` shows health, `make down` stops everything."
@@ -113,8 +156,6 @@ def guards(row: ProgramStatus) -> tuple[str, str]:
     """(breakers that are not closed, active faults) of one instance, from its admin API; '?' if it won't say."""
     import httpx
 
-    from .spec import admin_token
-
     headers = {"Authorization": f"Bearer {admin_token()}"}
     try:
         targets = httpx.get(row.url + "/admin/resilience", headers=headers, timeout=2).json()["targets"]
@@ -142,6 +183,10 @@ def urls_table(topo: Topology) -> Table:
 
 def print_urls(topo: Topology) -> None:
     console.print(urls_table(topo))
+    if is_compose(topo):
+        console.print("logs:   docker compose logs -f <service>\ntraces: http://127.0.0.1:16686 (Jaeger)",
+                      soft_wrap=True)
+        return
     var = topo.spec.var_dir
     console.print(f"logs:   {_shown(var / 'log')}/<program>.log\ntraces: {_shown(var / 'traces')}", soft_wrap=True)
 

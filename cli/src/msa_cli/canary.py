@@ -7,6 +7,9 @@ set: the kit registers that as the instance's `version` meta in discovery. Its l
 
 The program is added to the running supervisord (its config file gains a section; `reloadConfig` +
 `addProcessGroup`) and removed the same way; `msa up` rewrites the file, so a canary never outlives a restart.
+
+Against the compose stack (`msa --target compose canary …`) a canary is a service under the `canary` profile of
+docker-compose.yml (catalog-v2): `docker compose --profile canary up -d catalog-v2` starts it, `rm --stop` removes it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import httpx
 import typer
 from rich.table import Table
 
+from .compose import ComposeTopology
 from .runner import Topology, TopologyError, render_config
 from .spec import Program, TopologySpec, free_ports
 
@@ -62,6 +66,8 @@ def _sections(conf: str) -> dict[str, str]:
 
 def running(topo: Topology) -> list[str]:
     """Programs running beside the topology's own (canaries), by name."""
+    if isinstance(topo, ComposeTopology):
+        return list(topo.canary_states())
     own = {p.name for p in topo.spec.programs}
     return [i["name"] for i in topo._call("getAllProcessInfo") if i["name"] not in own]
 
@@ -69,6 +75,8 @@ def running(topo: Topology) -> list[str]:
 def start_canary(topo: Topology, service: str, version: str, port: int | None = None,
                  timeout: float = 30.0) -> Program:
     """Start the extra instance and wait until discovery lists it as passing (with its version)."""
+    if isinstance(topo, ComposeTopology):
+        return topo.start_canary(service, version, port, timeout=max(timeout, 120.0))
     program = canary_program(topo, service, version, port)
     if program.name in running(topo):
         raise TopologyError(f"{program.name} is already running (`msa canary stop {program.name}` first)")
@@ -99,6 +107,8 @@ def start_canary(topo: Topology, service: str, version: str, port: int | None = 
 
 def stop_canary(topo: Topology, name: str) -> None:
     """Stop the extra instance (SIGTERM: it deregisters at once) and remove it from supervisord."""
+    if isinstance(topo, ComposeTopology):
+        return topo.stop_canary(name)
     if name in {p.name for p in topo.spec.programs}:
         raise TopologyError(f"{name} is part of the topology, not a canary (for a crash: `msa chaos crash`)")
     rpc = topo._rpc().supervisor
@@ -157,8 +167,11 @@ def list_command() -> None:
     """Every registered instance of every service with its version, and the canaries' supervisord state."""
     topo = _app().build_topology()
     try:
-        extra = {i["name"]: i["statename"] for i in topo._call("getAllProcessInfo")
-                 if i["name"] not in {p.name for p in topo.spec.programs}}
+        if isinstance(topo, ComposeTopology):
+            extra = topo.canary_states()
+        else:
+            extra = {i["name"]: i["statename"] for i in topo._call("getAllProcessInfo")
+                     if i["name"] not in {p.name for p in topo.spec.programs}}
         table = Table(title="instances by version (discovery's passing set)", title_justify="left")
         for col in ("service", "instance", "version", "address", "canary"):
             table.add_column(col)
@@ -167,8 +180,11 @@ def list_command() -> None:
             for e in topo.passing(service):
                 s = e["Service"]
                 listed.add(s["ID"])
+                address = f"{s['Address']}:{s['Port']}"
+                if isinstance(topo, ComposeTopology):  # where this machine reaches it
+                    address += " → {}:{}".format(*topo.host_address(s["Address"], s["Port"]))
                 table.add_row(service, s["ID"], (s.get("Meta") or {}).get("version", "v1"),
-                              f"{s['Address']}:{s['Port']}", extra.get(s["ID"], ""))
+                              address, extra.get(s["ID"], ""))
         for n, state in extra.items():
             if n not in listed:
                 table.add_row("", n, "", "", f"{state} (not passing)")

@@ -18,7 +18,7 @@ from rich.table import Table
 from msa_faultproxy.client import FaultProxyClient, FaultProxyError
 
 from .runner import Topology, TopologyError
-from .spec import Program, admin_token
+from .spec import Program
 
 chaos = typer.Typer(help="Inject faults into the running sandbox, list them, heal them.", no_args_is_help=True)
 
@@ -47,12 +47,13 @@ def targets(topo: Topology, service: str, instance: str | None) -> list[Program]
 def _admin(method: str, program: Program, path: str, *, absent_ok: bool = False, **kwargs: Any
            ) -> httpx.Response | None:
     """Call an instance's admin API; `absent_ok`: None when it has no such endpoint (the gateway has no fault API)."""
-    headers = {"Authorization": f"Bearer {admin_token()}"}
+    headers = {"Authorization": f"Bearer {_app().admin_token()}"}
     try:
         r = httpx.request(method, program.url + path, headers=headers, timeout=5, **kwargs)
     except httpx.HTTPError as exc:
+        status = "`msa --target compose status`" if _app().target() == "compose" else "`make status`"
         raise _app().fail(f"{program.name} is not answering at {program.url} ({type(exc).__name__}); "
-                          "is the sandbox up? `make status`") from None
+                          f"is the sandbox up? {status}") from None
     if r.status_code == 404 and absent_ok:
         return None
     if r.status_code >= 400:
@@ -95,7 +96,9 @@ def hang(service: str, probability: Probability = 1.0, route: Route = "", instan
 def crash(service: str, instance: Instance = None,
           kill: Annotated[bool, typer.Option(help="SIGKILL from outside instead of a crash from inside")] = False
           ) -> None:
-    """Crash instances; supervisord restarts them (auto-recovery is the lesson)."""
+    """Crash instances; supervisord (compose: `restart: unless-stopped`) restarts them (auto-recovery is the lesson).
+    In compose, --kill is `docker compose kill`, which the engine counts as a manual stop: no restart until
+    `msa chaos heal` (or `docker compose start`)."""
     topo = _app().build_topology()
     for program in targets(topo, service, instance):
         if kill:
@@ -103,6 +106,14 @@ def crash(service: str, instance: Instance = None,
                 pid = topo.kill(program.name)
             except TopologyError as exc:
                 raise _app().fail(str(exc)) from None
+            if _app().is_compose(topo):
+                service_name = topo.service(program.name)
+                _app().console.print(
+                    f"{program.name}: SIGKILL sent (`docker compose kill -s KILL {service_name}`"
+                    + (f", pid {pid}" if pid > 0 else "") + "); the engine counts a kill as a manual stop, so "
+                    f"compose does not restart it: `msa --target compose chaos heal` or "
+                    f"`docker compose start {service_name}` does", soft_wrap=True)
+                continue
             _app().console.print(f"{program.name}: SIGKILL sent to pid {pid}")
         else:
             _admin("POST", program, "/admin/crash")
@@ -152,10 +163,11 @@ def stop(program: Annotated[str, typer.Argument(help="discovery or config-server
     if program not in OUTAGE_PROGRAMS:
         raise _app().fail(f"Can stop: {', '.join(OUTAGE_PROGRAMS)} (for services: `msa chaos crash`).")
     try:
-        _app().build_topology().stop(program)
+        topo = _app().build_topology()
+        topo.stop(program)
     except TopologyError as exc:
         raise _app().fail(str(exc)) from None
-    _app().console.print(f"{program} stopped")
+    _app().console.print(f"{program} stopped" + _as_container(topo, program))
 
 
 @chaos.command()
@@ -164,10 +176,26 @@ def start(program: Annotated[str, typer.Argument(help="discovery or config-serve
     if program not in OUTAGE_PROGRAMS:
         raise _app().fail(f"Can start: {', '.join(OUTAGE_PROGRAMS)}.")
     try:
-        _app().build_topology().start(program)
+        topo = _app().build_topology()
+        topo.start(program)
     except TopologyError as exc:
         raise _app().fail(str(exc)) from None
-    _app().console.print(f"{program} started")
+    _app().console.print(f"{program} started" + _as_container(topo, program))
+
+
+def _as_container(topo: Topology, program: str) -> str:
+    """ (the consul container)" in compose mode, where the program runs under another service name."""
+    if not _app().is_compose(topo) or topo.service(program) == program:
+        return ""
+    return f" (the {topo.service(program)} container)"
+
+
+def stopped_infrastructure(topo: Topology) -> list[str]:
+    """What heal restarts and list shows as stopped: discovery and the config server; in compose every program
+    whose container is down (a `docker compose kill` is not restarted by compose)."""
+    if _app().is_compose(topo):
+        return topo.stopped()
+    return [name for name in OUTAGE_PROGRAMS if topo.pid(name) is None]
 
 
 @chaos.command("list")
@@ -193,9 +221,11 @@ def list_faults() -> None:
             table.add_row("broker link", f"{t['type']} {t['attributes']}", t["stream"])
     except typer.Exit:
         table.add_row("broker link", "fault proxy not answering", "")
-    for name in OUTAGE_PROGRAMS:
-        if topo.pid(name) is None:
+    try:
+        for name in stopped_infrastructure(topo):
             table.add_row(name, "stopped", "")
+    except TopologyError as exc:
+        raise _app().fail(str(exc)) from None
     _app().console.print(table if table.rows else "No fault in force.")
 
 
@@ -204,10 +234,9 @@ def heal(timeout: Annotated[float, typer.Option(help="seconds to wait for everyt
     """Remove every fault, restore the broker link, restart stopped infrastructure; wait until all is passing."""
     topo = _app().build_topology()
     try:
-        for name in OUTAGE_PROGRAMS:
-            if topo.pid(name) is None:
-                topo.start(name)
-                _app().console.print(f"{name} started")
+        for name in stopped_infrastructure(topo):
+            topo.start(name)
+            _app().console.print(f"{name} started")
         proxy(lambda p: p.reset())
         healed = 0
         deadline = time.monotonic() + timeout

@@ -88,7 +88,138 @@ class ProgramStatus:
     passing: bool | None  # listed as passing in discovery; None for programs that do not register
 
 
-class Topology:
+class HttpChecks:
+    """What "ready" and "passing" mean, asked over HTTP only: each program's health endpoint, and discovery's
+    Consul API. Shared by Topology (supervisord) and compose.ComposeTopology (docker compose); a subclass says
+    what its process manager thinks of each program (_unsettled) and how to explain a timeout (_timeout_report).
+    """
+
+    spec: TopologySpec
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        """Wait until every program is ready (see the module doc); raise StartupTimeout otherwise."""
+        deadline = time.monotonic() + timeout
+        with _client() as client:
+            while True:
+                missing = self._missing(client)
+                if not missing:
+                    return
+                if time.monotonic() >= deadline:
+                    raise StartupTimeout(self._timeout_report(missing, timeout), [m for m, _ in missing])
+                time.sleep(_POLL)
+
+    def passing(self, service: str) -> list[dict[str, Any]]:
+        """Discovery's passing instances of a service (Consul's /v1/health/service/<name>?passing entries)."""
+        with _client() as client:
+            return self._passing(client, service)
+
+    def wait_passing(self, service: str, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
+        """Wait until exactly `count` instances of `service` are passing (so it also waits for one to drop out)."""
+        deadline = time.monotonic() + timeout
+        with _client() as client:
+            while True:
+                try:
+                    entries = self._passing(client, service)
+                except httpx.HTTPError:
+                    entries = []
+                if len(entries) == count:
+                    return entries
+                if time.monotonic() >= deadline:
+                    raise TopologyError(
+                        f"{service}: {len(entries)} passing in discovery after {timeout:.0f} s, wanted {count}"
+                    )
+                time.sleep(_POLL)
+
+    def url(self, program: str) -> str:
+        return self.spec.program(program).url
+
+    def status_rows(self, states: dict[str, tuple[str, int | None]]) -> list[ProgramStatus]:
+        """One row per program: the process manager's (state, pid) by program name, health and passing by HTTP."""
+        with _client() as client:
+            passing_ports = self._passing_ports(client)
+            rows = []
+            for p in self.spec.programs:
+                state, pid = states.get(p.name, ("UNKNOWN", None))
+                healthy, health = _probe(client, p)
+                rows.append(
+                    ProgramStatus(
+                        name=p.name,
+                        state=state,
+                        pid=pid,
+                        port=p.port,
+                        url=p.url,
+                        healthy=healthy,
+                        health=health,
+                        passing=(p.port in passing_ports) if p.registers else None,
+                    )
+                )
+        return rows
+
+    # ---- hooks -----------------------------------------------------------------------------------------------
+
+    def entry_port(self, entry: dict[str, Any]) -> int:
+        """The port on which we reach the instance a discovery entry names (where the program's `port` is)."""
+        return entry["Service"]["Port"]
+
+    def _unsettled(self) -> list[tuple[str, list[str]]]:
+        """Programs that answer but that the process manager does not count as settled yet."""
+        return []
+
+    def _timeout_report(self, missing: list[tuple[str, list[str]]], timeout: float) -> str:
+        lines = [f"Not ready after {timeout:.0f} s:"]
+        return "\n".join(lines + [f"  - {what}" for what, _ in missing])
+
+    # ---- internals -------------------------------------------------------------------------------------------
+
+    def _passing(self, client: httpx.Client, service: str) -> list[dict[str, Any]]:
+        if not self.spec.discovery_url:
+            return []
+        r = client.get(f"{self.spec.discovery_url}/v1/health/service/{service}?passing")
+        r.raise_for_status()
+        return r.json() or []
+
+    def _passing_ports(self, client: httpx.Client) -> set[int]:
+        ports: set[int] = set()
+        for service in self.spec.expected:
+            try:
+                ports |= {self.entry_port(e) for e in self._passing(client, service)}
+            except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                pass
+        return ports
+
+    def _missing(self, client: httpx.Client) -> list[tuple[str, list[str]]]:
+        """What is not ready yet: (description, programs whose logs would explain it)."""
+        missing = []
+        uses_discovery = self.spec.discovery is not None
+        for p in self.spec.programs:
+            if p.registers and uses_discovery:
+                continue  # discovery's passing check speaks for these
+            healthy, health = _probe(client, p)
+            if not healthy:
+                missing.append((f"{p.name}: GET {p.url}{p.health_path} → {health}", [p.name]))
+        if uses_discovery and not any(names == [self.spec.discovery] for _, names in missing):
+            missing += self._not_registered(client)
+        if not missing:
+            missing += self._unsettled()
+        return missing
+
+    def _not_registered(self, client: httpx.Client) -> list[tuple[str, list[str]]]:
+        missing = []
+        for service, want in self.spec.expected.items():
+            try:
+                entries = self._passing(client, service)
+                got_ports = {self.entry_port(e) for e in entries}
+            except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                entries, got_ports = [], set()
+            if len(entries) < want:
+                absent = [p.name for p in self.spec.programs if service in p.registers and p.port not in got_ports]
+                missing.append(
+                    (f"{service}: {len(entries)} of {want} passing in discovery (not yet: {', '.join(absent)})", absent)
+                )
+        return missing
+
+
+class Topology(HttpChecks):
     """Runs one TopologySpec. Every method is safe to call whether or not it is running."""
 
     def __init__(self, spec: TopologySpec):
@@ -203,18 +334,6 @@ class Topology:
                     break
                 time.sleep(0.05)
 
-    def wait_ready(self, timeout: float = 20.0) -> None:
-        """Wait until every program is ready (see the module doc); raise StartupTimeout otherwise."""
-        deadline = time.monotonic() + timeout
-        with _client() as client:
-            while True:
-                missing = self._missing(client)
-                if not missing:
-                    return
-                if time.monotonic() >= deadline:
-                    raise StartupTimeout(self._timeout_report(missing, timeout), [m for m, _ in missing])
-                time.sleep(_POLL)
-
     # ---- what runs -------------------------------------------------------------------------------------------
 
     def is_running(self) -> bool:
@@ -225,31 +344,10 @@ class Topology:
 
     def status(self) -> list[ProgramStatus]:
         infos = {info["name"]: info for info in self._call("getAllProcessInfo")}
-        with _client() as client:
-            passing_ports = self._passing_ports(client)
-            rows = []
-            for p in self.spec.programs:
-                info = infos.get(p.name, {})
-                healthy, health = _probe(client, p)
-                rows.append(
-                    ProgramStatus(
-                        name=p.name,
-                        state=info.get("statename", "UNKNOWN"),
-                        pid=info.get("pid") or None,
-                        port=p.port,
-                        url=p.url,
-                        healthy=healthy,
-                        health=health,
-                        passing=(p.port in passing_ports) if p.registers else None,
-                    )
-                )
-        return rows
+        return self.status_rows({name: (info["statename"], info.get("pid") or None) for name, info in infos.items()})
 
     def pid(self, program: str) -> int | None:
         return self._call("getProcessInfo", self.spec.program(program).name)["pid"] or None
-
-    def url(self, program: str) -> str:
-        return self.spec.program(program).url
 
     def log_path(self, program: str) -> Path:
         return self.log_dir / f"{self.spec.program(program).name}.log"
@@ -283,28 +381,6 @@ class Topology:
             raise TopologyError(f"{program} is not running")
         os.kill(pid, sig)
         return pid
-
-    def passing(self, service: str) -> list[dict[str, Any]]:
-        """Discovery's passing instances of a service (Consul's /v1/health/service/<name>?passing entries)."""
-        with _client() as client:
-            return self._passing(client, service)
-
-    def wait_passing(self, service: str, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
-        """Wait until exactly `count` instances of `service` are passing (so it also waits for one to drop out)."""
-        deadline = time.monotonic() + timeout
-        with _client() as client:
-            while True:
-                try:
-                    entries = self._passing(client, service)
-                except httpx.HTTPError:
-                    entries = []
-                if len(entries) == count:
-                    return entries
-                if time.monotonic() >= deadline:
-                    raise TopologyError(
-                        f"{service}: {len(entries)} passing in discovery after {timeout:.0f} s, wanted {count}"
-                    )
-                time.sleep(_POLL)
 
     # ---- internals -------------------------------------------------------------------------------------------
 
@@ -380,58 +456,14 @@ class Topology:
             return []
         return processes_carrying("MSA_RUN_ID", run_id)
 
-    def _passing(self, client: httpx.Client, service: str) -> list[dict[str, Any]]:
-        if not self.spec.discovery_url:
-            return []
-        r = client.get(f"{self.spec.discovery_url}/v1/health/service/{service}?passing")
-        r.raise_for_status()
-        return r.json() or []
-
-    def _passing_ports(self, client: httpx.Client) -> set[int]:
-        ports: set[int] = set()
-        for service in self.spec.expected:
-            try:
-                ports |= {e["Service"]["Port"] for e in self._passing(client, service)}
-            except (httpx.HTTPError, ValueError, KeyError, TypeError):
-                pass
-        return ports
-
-    def _missing(self, client: httpx.Client) -> list[tuple[str, list[str]]]:
-        """What is not ready yet: (description, programs whose logs would explain it)."""
-        missing = []
-        uses_discovery = self.spec.discovery is not None
-        for p in self.spec.programs:
-            if p.registers and uses_discovery:
-                continue  # discovery's passing check speaks for these
-            healthy, health = _probe(client, p)
-            if not healthy:
-                missing.append((f"{p.name}: GET {p.url}{p.health_path} → {health}", [p.name]))
-        if uses_discovery and not any(names == [self.spec.discovery] for _, names in missing):
-            missing += self._not_registered(client)
-        if not missing:
-            # Healthy, and alive for startsecs: supervisord says RUNNING, so it is not about to crash-loop.
-            states = {i["name"]: i["statename"] for i in self._call("getAllProcessInfo")}
-            missing += [
-                (f"{p.name}: supervisord state {states.get(p.name, '?')}", [p.name])
-                for p in self.spec.programs
-                if states.get(p.name) != "RUNNING"
-            ]
-        return missing
-
-    def _not_registered(self, client: httpx.Client) -> list[tuple[str, list[str]]]:
-        missing = []
-        for service, want in self.spec.expected.items():
-            try:
-                entries = self._passing(client, service)
-                got_ports = {e["Service"]["Port"] for e in entries}
-            except (httpx.HTTPError, ValueError, KeyError, TypeError):
-                entries, got_ports = [], set()
-            if len(entries) < want:
-                absent = [p.name for p in self.spec.programs if service in p.registers and p.port not in got_ports]
-                missing.append(
-                    (f"{service}: {len(entries)} of {want} passing in discovery (not yet: {', '.join(absent)})", absent)
-                )
-        return missing
+    def _unsettled(self) -> list[tuple[str, list[str]]]:
+        # Healthy, and alive for startsecs: supervisord says RUNNING, so it is not about to crash-loop.
+        states = {i["name"]: i["statename"] for i in self._call("getAllProcessInfo")}
+        return [
+            (f"{p.name}: supervisord state {states.get(p.name, '?')}", [p.name])
+            for p in self.spec.programs
+            if states.get(p.name) != "RUNNING"
+        ]
 
     def _timeout_report(self, missing: list[tuple[str, list[str]]], timeout: float) -> str:
         try:

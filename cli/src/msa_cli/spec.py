@@ -192,6 +192,7 @@ def default_spec(
     config_repo: Path | str | None = None,
     extra_env: dict[str, str] | None = None,
     environ: dict[str, str] | None = None,
+    databases: dict[str, str] | None = None,
 ) -> TopologySpec:
     """The sandbox's topology: fault proxy, discovery, config server, gateway, user ×1, catalog ×2, order ×2.
 
@@ -199,7 +200,9 @@ def default_spec(
     can cut or slow the broker for the sandbox alone; spec.amqp_url stays the real broker (preflight checks it).
 
     Unset arguments come from `environ` (default: os.environ) — AMQP_URL, MSA_VAR_DIR, MSA_NAMESPACE, CONFIG_REPO —
-    and then from the repo's defaults.
+    and then from the repo's defaults. `databases` gives a service its DATABASE_URL (`{"catalog":
+    "postgresql+asyncpg://…/catalog"}`; from the environment: USER_DATABASE_URL, CATALOG_DATABASE_URL,
+    ORDER_DATABASE_URL); a service without one keeps its SQLite file under the var dir.
     """
     ports = ports or Ports()
     environ = dict(os.environ if environ is None else environ)
@@ -242,6 +245,11 @@ def default_spec(
         Program("gateway", py("msa_gateway"), ports.gateway, registers=("gateway",), priority=200,
                 preload=("uvloop", "msa_kit.app", "msa_gateway.app", "msa_gateway.server")),
     ]
+    # Each service's database, if not its SQLite file: in the shared environment (it may hold a password; the
+    # supervisord config file never does), each program picking its own (msa_kit.runtime.Runtime.for_service).
+    for service in ("user", "catalog", "order"):
+        if url := (databases or {}).get(service) or environ.get(f"{service.upper()}_DATABASE_URL"):
+            shared[f"{service.upper()}_DATABASE_URL"] = url
     for service, module, service_ports in (
         ("user", "user", ports.user),
         ("catalog", "catalog", ports.catalog),

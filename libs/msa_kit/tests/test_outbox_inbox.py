@@ -1,11 +1,10 @@
-"""The outbox and inbox against a real SQLite database. The inbox's group commit: many events per transaction, each
+"""The outbox and inbox against a real database, SQLite and PostgreSQL. The inbox's group commit: many events per transaction, each
 still at most once, a failing one isolated, each outbox row under its own event's trace. The relay: no wake-up lost.
 """
 
 import asyncio
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,8 +13,10 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
-from msa_kit.events import CloudEvent, Inbox
-from msa_kit.sql import SqlUnitOfWork, add_messaging_tables, create_schema
+from msa_kit.events import CloudEvent
+from msa_kit.inbox import Inbox
+from msa_kit.outbox import SqlUnitOfWork, add_messaging_tables
+from msa_kit.sql import create_schema
 
 metadata = sa.MetaData()
 outbox, inbox_table = add_messaging_tables(metadata)
@@ -38,8 +39,8 @@ class Aggregate:
 
 
 @pytest.fixture
-async def db(tmp_path: Path):
-    engine = sa.ext.asyncio.create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'inbox.db'}")
+async def db(new_database, engine_for):
+    engine = engine_for(await new_database("inbox"))
     await create_schema(engine, metadata)
     yield engine
     await engine.dispose()
@@ -166,7 +167,7 @@ async def commit_event(engine, relay, event_id: str) -> None:
 
 
 async def test_a_commit_made_while_the_relay_publishes_is_relayed_at_once_not_at_the_next_poll(db):
-    from msa_kit.sql import OutboxRelay
+    from msa_kit.outbox import OutboxRelay
 
     bus = GatedBus()
     relay = OutboxRelay(db, outbox, bus, poll_s=30.0)  # type: ignore[arg-type]

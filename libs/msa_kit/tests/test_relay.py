@@ -1,11 +1,10 @@
-"""The outbox relay against a real SQLite file shared by two "instances" (two engines: two write locks, one file, as
-two processes have). A commit hands its rows to its own relay; what that relay cannot publish — it died, a publish
+"""The outbox relay against a real database shared by two "instances" (two engines: two write locks, one database,
+as two processes have), on SQLite and on PostgreSQL. A commit hands its rows to its own relay; what that relay cannot publish — it died, a publish
 failed, an earlier row of the aggregate is elsewhere — another relay's sweep takes over, in order, once the lease
 runs out. End to end over the real broker: with two relays racing and one dying, every event is applied once."""
 
 import asyncio
 import json
-import os
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -18,12 +17,13 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 
 from msa_kit import sql
-from msa_kit.events import EventBus, Inbox, InboxDispatcher
+from msa_kit.events import EventBus
+from msa_kit.inbox import Inbox, InboxDispatcher
 from msa_kit.runtime import Runtime
-from msa_kit.sql import OutboxRelay, SqlUnitOfWork
+from msa_kit.outbox import OutboxRelay, SqlUnitOfWork, add_messaging_tables
 
 metadata = sa.MetaData()
-outbox, inbox_table = sql.add_messaging_tables(metadata)
+outbox, inbox_table = add_messaging_tables(metadata)
 effects = sa.Table("effects", metadata, sa.Column("event_id", sa.String, primary_key=True),
                    sa.Column("n", sa.Integer, nullable=False))
 
@@ -69,16 +69,11 @@ class RecordingBus:
         self.published.append(json.loads(envelope)["data"]["n"])
 
 
-def engine_for(path: Path) -> Any:
-    rt = Runtime.for_service("test")
-    rt.database_url = f"sqlite+aiosqlite:///{path}"
-    return sql.database_engine(rt)
-
-
 @pytest.fixture
-async def engines(tmp_path: Path):
-    """Two instances' engines on one database file."""
-    a, b = engine_for(tmp_path / "shared.db"), engine_for(tmp_path / "shared.db")
+async def engines(new_database, engine_for):
+    """Two instances' engines on one database."""
+    url = await new_database("shared")
+    a, b = engine_for(url), engine_for(url)
     await sql.create_schema(a, metadata)
     yield a, b
     await a.dispose()
@@ -115,7 +110,8 @@ async def die(relay: OutboxRelay) -> None:
     """A crash: the relay's tasks end, nothing is marked or given back."""
     for task in relay._tasks:
         task.cancel()
-    await asyncio.wait(relay._tasks)
+    _, running = await asyncio.wait(relay._tasks, timeout=10)
+    assert not running, f"relay tasks that ignored their cancellation: {[t.get_name() for t in running]}"
 
 
 async def test_a_commit_is_published_by_its_own_relay_without_a_claim_and_marked_sent(engines):
@@ -231,15 +227,14 @@ class HappenedV1(BaseModel):
     n: int
 
 
-AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-
-
-async def test_two_racing_relays_one_dying_every_event_is_applied_once(tmp_path: Path, monkeypatch):
+async def test_two_racing_relays_one_dying_every_event_is_applied_once(tmp_path: Path, monkeypatch, amqp_url,
+                                                                        new_database, engine_for):
     namespace = f"test-{uuid.uuid4().hex[:6]}."
     monkeypatch.setenv("MSA_NAMESPACE", namespace)
     monkeypatch.setenv("MSA_VAR_DIR", str(tmp_path))
-    a, b = engine_for(tmp_path / "producer.db"), engine_for(tmp_path / "producer.db")
-    consumer_db = engine_for(tmp_path / "consumer.db")
+    producer_url = await new_database("producer")
+    a, b = engine_for(producer_url), engine_for(producer_url)
+    consumer_db = engine_for(await new_database("consumer"))
     await sql.create_schema(a, metadata)
     await sql.create_schema(consumer_db, metadata)
     applied: Counter[int] = Counter()
@@ -280,7 +275,7 @@ async def test_two_racing_relays_one_dying_every_event_is_applied_once(tmp_path:
             await r.stop()
         for bus in buses:
             await bus.close()
-        await cleanup(namespace)
+        await cleanup(amqp_url, namespace)
         for engine in (a, b, consumer_db):
             await engine.dispose()
     assert set(applied) == set(range(n + 50))
@@ -290,8 +285,8 @@ async def test_two_racing_relays_one_dying_every_event_is_applied_once(tmp_path:
     assert all(r.sent_at is not None for r in await outbox_rows(b))
 
 
-async def cleanup(namespace: str) -> None:
-    connection = await aio_pika.connect(AMQP_URL)
+async def cleanup(amqp_url: str, namespace: str) -> None:
+    connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel()
         for queue in ("consumer.events", "consumer.events.retry", "consumer.events.dlq", "msa.events.unrouted"):

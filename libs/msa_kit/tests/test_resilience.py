@@ -151,7 +151,8 @@ async def test_a_cancelled_unit_of_work_still_releases_the_write_lock(tmp_path, 
     from sqlalchemy.ext.asyncio import AsyncConnection
 
     from msa_kit.runtime import Runtime
-    from msa_kit.sql import SqlUnitOfWork, _write_lock, add_messaging_tables, create_schema, database_engine
+    from msa_kit.outbox import SqlUnitOfWork, add_messaging_tables
+    from msa_kit.sql import create_schema, database_engine, write_lock
 
     rt = Runtime.for_service("locktest")
     rt.var_dir = tmp_path
@@ -170,5 +171,5 @@ async def test_a_cancelled_unit_of_work_still_releases_the_write_lock(tmp_path, 
         async with SqlUnitOfWork(engine, outbox, inbox, "/t"):
             pass
     monkeypatch.undo()
-    assert not _write_lock(engine).locked()  # otherwise every later write of the process waits forever
+    assert not write_lock(engine).locked()  # otherwise every later write of the process waits forever
     await engine.dispose()

@@ -75,15 +75,15 @@ class ServiceRegistration:
         check = consul.Check.ttl(f"{self.ttl_s:g}s")
         check["DeregisterCriticalServiceAfter"] = self.deregister_after
         await self.client.agent.service.register(
-            self.rt.service, service_id=self.rt.instance_id, address=self.rt.host, port=self.rt.port,
+            self.rt.service, service_id=self.rt.instance_id, address=self.rt.address, port=self.rt.port,
             tags=self.tags, meta=self.meta, check=check)
-        log.info("registered %s as %s at %s:%s", self.rt.service, self.rt.instance_id, self.rt.host, self.rt.port)
+        log.info("registered %s as %s at %s:%s", self.rt.service, self.rt.instance_id, self.rt.address, self.rt.port)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._heartbeat(), name=f"heartbeat:{self.rt.instance_id}")
 
     async def _heartbeat(self) -> None:
-        await _wait_listening(self.rt.host, self.rt.port)
+        await _wait_listening(self.rt.local_host, self.rt.port)
         registered = False
         while True:
             try:

@@ -1,20 +1,20 @@
 """Events over RabbitMQ: CloudEvents 1.0 envelopes on the durable topic exchange `msa.events`.
 
-Publishing goes through the transactional outbox (sql.py writes the row; `OutboxRelay` publishes it with
-publisher confirms and `mandatory`, and marks it sent only once the broker has it). Consuming is idempotent
-(`InboxDispatcher`), retried with growing delays through a retry queue, and dead-lettered after N attempts
-(or at once when unparseable) to `<service>.events.dlq` with the reason in its headers.
+The events part of the kit, one idea a module: this one is the envelope and the bus. Publishing goes through the
+transactional outbox (outbox.py: the unit of work writes the row, `OutboxRelay` publishes it with publisher
+confirms and `mandatory`, and marks it sent only once the broker has it). Consuming is idempotent (inbox.py),
+retried with growing delays through a retry queue, and dead-lettered after N attempts (or at once when
+unparseable) to `<service>.events.dlq` with the reason in its headers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable, Generic, TypeVar
+from typing import Any, Awaitable, Callable
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
@@ -27,7 +27,6 @@ from .runtime import Runtime
 log = logging.getLogger(__name__)
 
 ATTEMPT_HEADER = "x-msa-attempt"
-BUSY_GATHER_S = 0.002
 
 
 class CloudEvent(BaseModel):
@@ -208,137 +207,3 @@ class EventBus:
             self._task.cancel()
         if self.connection:
             await self.connection.close()
-
-
-M = TypeVar("M", bound=BaseModel)
-
-
-@dataclasses.dataclass
-class _Delivery:
-    event: CloudEvent
-    apply: Callable[[Any], Awaitable[None]]
-    context: otel_context.Context
-    done: asyncio.Future[None]
-
-
-class Inbox:
-    """Applies consumed events at most once — each event's id is stored in the transaction that holds its effect —
-    and many events per transaction: a group commit, as databases do with their log.
-
-    Deliveries arrive as concurrent tasks (up to the prefetch). While one transaction runs, the next ones queue;
-    the next transaction takes every queued delivery (up to `max_batch`), so under load one BEGIN/COMMIT (and one
-    trip through SQLite's single writer) serves many events, and with one event in flight nothing waits. A handler
-    that fails rolls the shared transaction back; that event alone takes the failure path (retry, dead letter) and
-    the others are applied again one per transaction. Outbox rows a handler raises carry that event's own trace
-    context, not the batch's.
-    """
-
-    def __init__(self, uow_factory: Callable[[], Any], *, max_batch: int = 100) -> None:
-        self.uow_factory, self.max_batch = uow_factory, max_batch
-        self._queue: list[_Delivery] = []
-        self._worker: asyncio.Task[None] | None = None
-        self._busy = False
-
-    async def apply(self, event: CloudEvent, apply: Callable[[Any], Awaitable[None]]) -> None:
-        """Returns once `apply(uow)` is committed (or the event was a duplicate); raises what it raised."""
-        delivery = _Delivery(event, apply, otel_context.get_current(), asyncio.get_running_loop().create_future())
-        delivery.done.add_done_callback(_retrieved)  # nobody may be left to await it (below)
-        self._queue.append(delivery)
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.create_task(self._drain(), name="inbox")
-        # A cancelled delivery (the broker connection dropped) may still be committed: it was not acked, so it
-        # comes again and is then a duplicate.
-        await asyncio.shield(delivery.done)
-
-    async def _drain(self) -> None:
-        while self._queue:
-            # Deliveries come in bursts (the broker pushes up to the prefetch at once, a task each): let the ones
-            # already running reach the queue before taking the batch. It costs no waiting, only one loop turn.
-            await asyncio.sleep(0)
-            # Under load (the queue grew while the last transaction ran), a few more loop turns let the deliveries
-            # already read off the socket join this batch: fewer, larger transactions; with one event in flight the
-            # queue does not grow and nothing waits.
-            if self._busy and len(self._queue) < self.max_batch:
-                await asyncio.sleep(BUSY_GATHER_S)
-            batch = self._queue[:self.max_batch]
-            del self._queue[:len(batch)]
-            try:
-                await self._apply(batch)
-                self._busy = bool(self._queue)
-            except BaseException:  # cancelled while applying (shutdown): nobody waits in vain
-                for d in batch + self._queue:
-                    _settle(d, ConnectionError("the inbox stopped"))
-                self._queue.clear()
-                raise
-
-    async def _apply(self, batch: list[_Delivery]) -> None:
-        failed: tuple[_Delivery, Exception] | None = None
-        try:
-            async with self.uow_factory() as uow:
-                seen = await uow.processed([d.event.id for d in batch])
-                applied = []
-                for d in batch:
-                    if d.event.id in seen:
-                        log.info("duplicate %s %s ignored", d.event.type, d.event.id)
-                        continue
-                    token = otel_context.attach(d.context)
-                    try:
-                        await d.apply(uow)
-                        uow.stage_new_events()
-                    except Exception as exc:
-                        failed = (d, exc)
-                        break
-                    finally:
-                        otel_context.detach(token)
-                    seen.add(d.event.id)
-                    applied.append(d)
-                if failed is None:
-                    await uow.mark_processed([(d.event.id, d.event.type) for d in applied])
-                    await uow.commit()
-        except Exception as exc:  # the database failed: every event of the batch fails alike, and is retried
-            for d in batch:
-                _settle(d, exc)
-            return
-        if failed is None:
-            for d in batch:
-                _settle(d, None)
-            return
-        _settle(*failed)
-        for d in batch:
-            if d is not failed[0]:
-                await self._apply([d])
-
-
-def _retrieved(done: asyncio.Future[None]) -> None:
-    if not done.cancelled():
-        done.exception()
-
-
-def _settle(delivery: _Delivery, exc: BaseException | None) -> None:
-    if delivery.done.done():
-        return
-    if exc is None:
-        delivery.done.set_result(None)
-    else:
-        delivery.done.set_exception(exc)
-
-
-class InboxDispatcher(Generic[M]):
-    """Parses the payload into its typed model at the edge, then has the inbox apply the event at most once."""
-
-    def __init__(self, inbox: Inbox, model: type[M], handler: Callable[[M, Any], Awaitable[None]],
-                 failing: Callable[[str], bool] = lambda _type: False) -> None:
-        self.inbox, self.model, self.handler, self.failing = inbox, model, handler, failing
-
-    async def __call__(self, event: CloudEvent) -> None:
-        try:
-            payload = self.model.model_validate(event.data)
-        except ValidationError as exc:
-            raise PoisonMessage(f"{event.type} payload rejected by {self.model.__name__}: {exc.errors()[0]}") from None
-
-        async def apply(uow: Any) -> None:
-            if self.failing(event.type):
-                raise InjectedFault(f"injected failure for {event.type} (faults.failing_events)")
-            await self.handler(payload, uow)
-
-        await self.inbox.apply(event, apply)

@@ -18,14 +18,16 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 
 from .balancing import STRATEGIES
 from .discovery import Discovery, ServiceRegistration, consul_client
-from .events import EventBus, Inbox, InboxDispatcher
+from .events import EventBus
+from .inbox import Inbox, InboxDispatcher
 from .faults import FaultBook, HttpFault
 from .guards import OutlierPolicy, RetryPolicy
 from .resilience import BreakerPolicy, Policies, ResilientStack, service_client
 from .runtime import Runtime
 from .refresh import RefreshListener
 from .settings import ConfigSnapshot, ConfigUnavailable, ServiceSettings, build_settings, fetch_config, save_snapshot
-from .sql import OutboxRelay, SchemaOutdated, SqlUnitOfWork, add_messaging_tables, create_schema, database_engine
+from .outbox import OutboxRelay, SqlUnitOfWork, add_messaging_tables
+from .sql import SchemaOutdated, create_schema, database_engine
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,8 @@ Spring calls these bootstrap properties: enough to find the config server and th
 from __future__ import annotations
 
 import gc
+import os
+import socket
 from pathlib import Path
 
 from pydantic import Field
@@ -18,7 +20,10 @@ class Runtime(BaseSettings):
 
     service: str = Field("", description="Logical service name; set by the service's bootstrap, not the env")
     instance_id: str = Field("", validation_alias="INSTANCE_ID")
-    host: str = Field("127.0.0.1", validation_alias="HOST")
+    host: str = Field("127.0.0.1", validation_alias="HOST", description="the address to listen on")
+    advertise_host: str = Field("", validation_alias="ADVERTISE_HOST",
+                                description="the address others reach this instance at, as registered in "
+                                            "discovery (a container's name); unset: HOST")
     port: int = Field(0, validation_alias="PORT")
     consul_http_addr: str = Field("127.0.0.1:8500", validation_alias="CONSUL_HTTP_ADDR")
     config_server_url: str = Field("", validation_alias="CONFIG_SERVER_URL",
@@ -27,16 +32,44 @@ class Runtime(BaseSettings):
     var_dir: Path = Field(Path("var"), validation_alias="MSA_VAR_DIR")
     namespace: str = Field("", validation_alias="MSA_NAMESPACE", description="Prefix of broker names (tests)")
     profile: str = Field("local", validation_alias="MSA_PROFILE")
-    database_url: str = Field("", validation_alias="DATABASE_URL")
+    database_url: str = Field("", validation_alias="DATABASE_URL",
+                              description="unset: <SERVICE>_DATABASE_URL (local mode's shared environment), "
+                                          "else a SQLite file under the var dir")
 
     @classmethod
     def for_service(cls, service: str) -> "Runtime":
         rt = cls()
         rt.service = service
         if not rt.instance_id:
-            rt.instance_id = f"{service}-{rt.port}"
+            # A replica that compose's `--scale` made has no id of its own in its environment: its container's
+            # hostname is one (on one machine, the port is).
+            rt.instance_id = f"{service}-{socket.gethostname() if rt.listens_everywhere else rt.port}"
+        if not rt.database_url:
+            rt.database_url = os.environ.get(f"{service.upper().replace('-', '_')}_DATABASE_URL", "")
         rt.var_dir = rt.var_dir.resolve()
         return rt
+
+    @property
+    def listens_everywhere(self) -> bool:
+        return self.host in ("0.0.0.0", "::", "")
+
+    @property
+    def address(self) -> str:
+        """Where other programs reach this instance (what discovery lists): ADVERTISE_HOST; else, listening on every
+        address (a container), this host's own address on its network; else HOST."""
+        if self.advertise_host:
+            return self.advertise_host
+        if self.listens_everywhere:
+            try:
+                return socket.gethostbyname(socket.gethostname())
+            except OSError:
+                return "127.0.0.1"
+        return self.host
+
+    @property
+    def local_host(self) -> str:
+        """Where this process reaches its own listener: HOST, or loopback when it listens on every address."""
+        return "127.0.0.1" if self.listens_everywhere else self.host
 
     @property
     def consul_host_port(self) -> tuple[str, int]:

@@ -1,60 +1,38 @@
-"""SQLAlchemy adapters every service shares: its own database, the outbox and inbox tables, the unit of work.
+"""The database adapter every service shares: its engine, its transactions, its tables' creation — on SQLite or
+PostgreSQL, chosen by `DATABASE_URL`; the difference between the two lives here and nowhere else.
 
-Each service owns one database (SQLite under var/ by default, PostgreSQL via DATABASE_URL); its instances share
-it, and no other service ever opens it. SQLite transactions start with BEGIN IMMEDIATE so two instances
-serialise their writes instead of failing on a lock upgrade halfway through.
+Each service owns one database (SQLite under var/ by default; `postgresql+asyncpg://…` in docker compose, or
+wherever DATABASE_URL says); its instances share it, and no other service ever opens it.
+
+One promise on both: **writers take turns.** A write transaction (`begin()`, `transaction()`, a unit of work that
+is not read-only) holds the database's writer lock from its first statement to its end, so the services' handlers
+may read, decide and write (stock, an order's status, an idempotency key) without a lost update between two
+instances. SQLite has one writer by nature: BEGIN IMMEDIATE takes its write lock up front. On PostgreSQL a
+transaction-level advisory lock (`pg_advisory_xact_lock`, one key per database) gives the same turn-taking, while
+readers (read-only units of work, the relay's look for work) never wait: PostgreSQL's MVCC, SQLite's WAL. Inside a
+process, writers queue on an asyncio lock first, so at most one of its connections waits on the database's lock.
+Row-level locks (SELECT … FOR UPDATE) would let PostgreSQL run more writers at once; every handler would then have
+to know which rows it must lock, and SQLite could not check it: not worth it at this size.
+
+The outbox, the inbox and the unit of work that writes both are in outbox.py and inbox.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import json
-import logging
 import sqlite3
-import time
 import weakref
-from contextlib import asynccontextmanager, nullcontext
-from typing import Any, AsyncIterator, Callable, Generator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Callable, Generator
 
 import aiosqlite
 import sqlalchemy as sa
-from prometheus_client import Counter
 from sqlalchemy import event, make_url
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from .events import CloudEvent, EventBus
 from .runtime import Runtime
-from .tracing import carrier
-from .uow import UnitOfWork
-
-log = logging.getLogger(__name__)
-
-PUBLISHED = Counter("msa_outbox_published", "Outbox events the broker confirmed")
-
-
-def add_messaging_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:
-    outbox = sa.Table(
-        "outbox", metadata,
-        sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("event_id", sa.String(36), nullable=False, unique=True),
-        sa.Column("event_type", sa.String(100), nullable=False),
-        sa.Column("subject", sa.String(100), nullable=False, index=True),  # the aggregate: its events stay in order
-        sa.Column("envelope", sa.Text, nullable=False),
-        sa.Column("trace", sa.Text, nullable=False),  # W3C headers of the request that wrote the row
-        sa.Column("created_at", sa.Float, nullable=False),
-        sa.Column("claimed_until", sa.Float),
-        sa.Column("sent_at", sa.Float, index=True),
-    )
-    inbox = sa.Table(
-        "processed_events", metadata,
-        sa.Column("event_id", sa.String(36), primary_key=True),
-        sa.Column("event_type", sa.String(100), nullable=False),
-        sa.Column("processed_at", sa.Float, nullable=False),
-    )
-    return outbox, inbox
-
 
 class InlineSqlite(aiosqlite.Connection):
     """aiosqlite's interface without its worker thread: each call runs at once, on the event loop's thread.
@@ -94,10 +72,38 @@ BUSY_TIMEOUT_MS = 1000  # the rare waits of a reader (another process opening or
 LOCK_WAIT_S = 10.0  # how long a writer waits for another process's write transaction before giving up
 
 
-def database_engine(rt: Runtime) -> AsyncEngine:
+# The advisory lock PostgreSQL writers take turns on; advisory locks are per database, so one key serves every
+# service (each has a database of its own). "msa" in ASCII.
+PG_WRITER_LOCK = 0x6D7361
+_PG_TAKE_TURN = sa.text(f"SELECT set_config('lock_timeout', '{int(LOCK_WAIT_S * 1000)}ms', true), "
+                        f"pg_advisory_xact_lock({PG_WRITER_LOCK})")
+
+
+def database_url(rt: Runtime) -> URL:
+    """The service's database: DATABASE_URL, or a SQLite file under the var dir. `postgresql://` means asyncpg."""
     url = make_url(rt.database_url or f"sqlite+aiosqlite:///{rt.path('data', f'{rt.service}.db')}")
-    if url.drivername != "sqlite+aiosqlite":
-        return create_async_engine(url)
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+asyncpg")
+    if url.drivername not in ("sqlite+aiosqlite", "postgresql+asyncpg"):
+        raise ValueError(f"DATABASE_URL: {url.drivername!r} is not supported; use sqlite+aiosqlite:///<file> or "
+                         "postgresql+asyncpg://<user>:<password>@<host>/<database>")
+    return url
+
+
+def database_engine(rt: Runtime) -> AsyncEngine:
+    url = database_url(rt)
+    if url.drivername == "postgresql+asyncpg":
+        # The same durability as the SQLite files (WAL, synchronous=NORMAL): a commit survives the program's crash
+        # at once, and the machine's within PostgreSQL's WAL writer delay (~0.2 s). With a flush to disk on every
+        # commit (synchronous_commit=on), each of the ~7 commits an order costs waits for the disk while the
+        # writers of its database queue behind it: measured here (bench/backends_bench.py --quick, 4 clients), 20
+        # orders/s on PostgreSQL beside 62 on SQLite; with it off, 48 beside 43 in the same run.
+        # A database that must not lose the last fraction of a second sets it back: ?synchronous_commit=on.
+        synchronous = url.query.get("synchronous_commit", "off")
+        url = url.difference_update_query(["synchronous_commit"])
+        # A small pool: writers take turns (one connection each process waits with), readers are short.
+        return create_async_engine(url, pool_size=5, max_overflow=10,
+                                   connect_args={"server_settings": {"synchronous_commit": str(synchronous)}})
     path = url.database or ":memory:"
     engine = create_async_engine(url, async_creator=lambda: InlineSqlite.open(path))
 
@@ -127,14 +133,17 @@ def database_engine(rt: Runtime) -> AsyncEngine:
 
 
 async def begin(engine: AsyncEngine, *, read_only: bool = False) -> AsyncConnection:
-    """A connection in a new transaction. On SQLite a writer whose BEGIN IMMEDIATE finds the write lock taken by
-    another process (the other instance of the service) sleeps in asyncio and tries again, up to LOCK_WAIT_S."""
+    """A connection in a new transaction; a writer's holds the database's writer lock. On SQLite a writer whose
+    BEGIN IMMEDIATE finds the write lock taken by another process (the other instance of the service) sleeps in
+    asyncio and tries again, up to LOCK_WAIT_S; on PostgreSQL it waits for the advisory lock in the server, as long."""
     delay, deadline = 0.0005, asyncio.get_running_loop().time() + LOCK_WAIT_S
     while True:
         conn = await engine.connect()
         try:
             await conn.execution_options(msa_writer=not read_only)
             await conn.begin()
+            if not read_only and engine.dialect.name == "postgresql":
+                await conn.execute(_PG_TAKE_TURN)  # one round trip: the wait's bound, then the turn itself
             return conn
         except OperationalError as exc:
             await asyncio.shield(conn.close())
@@ -164,7 +173,7 @@ async def create_schema(engine: AsyncEngine, metadata: sa.MetaData) -> None:
             missing += [f"{table.name}.{c.name}" for c in table.columns if c.name not in have]
         return missing
 
-    async with _transaction(engine) as conn:
+    async with transaction(engine) as conn:  # a writer: two instances starting together create the tables once
         missing = await conn.run_sync(create_and_check)
     if missing:
         raise SchemaOutdated(f"the database at {engine.url.database or engine.url} was made by an older version "
@@ -175,9 +184,8 @@ async def create_schema(engine: AsyncEngine, metadata: sa.MetaData) -> None:
 _WRITE_LOCKS: weakref.WeakKeyDictionary[AsyncEngine, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
-def _write_lock(engine: AsyncEngine) -> asyncio.Lock | None:
-    if engine.dialect.name != "sqlite":
-        return None
+def write_lock(engine: AsyncEngine) -> asyncio.Lock:
+    """This process's queue for the database's writer lock (one per engine)."""
     lock = _WRITE_LOCKS.get(engine)
     if lock is None:
         lock = _WRITE_LOCKS[engine] = asyncio.Lock()
@@ -185,10 +193,10 @@ def _write_lock(engine: AsyncEngine) -> asyncio.Lock | None:
 
 
 @asynccontextmanager
-async def _transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    lock = _write_lock(engine)
-    if lock:
-        await lock.acquire()
+async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A write transaction, committed at the end of the block (rolled back on an exception)."""
+    lock = write_lock(engine)
+    await lock.acquire()
     try:
         conn = await begin(engine)
         try:
@@ -197,377 +205,6 @@ async def _transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
         finally:
             await asyncio.shield(conn.close())  # rolls back what was not committed
     finally:
-        if lock:
-            lock.release()
+        lock.release()
 
 
-class SqlUnitOfWork(UnitOfWork):
-    """A transaction on the service's database; `commit()` writes the collected domain events to the outbox.
-
-    With a `relay`, the outbox rows a commit writes are born claimed by this process's relay and handed to it in
-    memory: it publishes them at once, without reading or claiming them in a transaction of its own."""
-
-    def __init__(self, engine: AsyncEngine, outbox: sa.Table, inbox: sa.Table, source: str,
-                 relay: "OutboxRelay | None" = None, *, read_only: bool = False) -> None:
-        super().__init__()
-        self.engine, self.outbox, self.inbox, self.source, self.relay = engine, outbox, inbox, source, relay
-        self.read_only = read_only
-        self.conn: AsyncConnection
-        self._staged: list[dict[str, Any]] = []
-
-    async def __aenter__(self) -> "SqlUnitOfWork":
-        # SQLite has one writer at a time. Queue this process's transactions here, in asyncio, instead of letting
-        # them collide on the file lock, where SQLite's busy handler sleeps in growing steps (measured: ~10x slower).
-        self._lock = None if self.read_only else _write_lock(self.engine)
-        if self._lock:
-            await self._lock.acquire()
-        try:
-            self.conn = await begin(self.engine, read_only=self.read_only)
-        except BaseException:
-            if self._lock:
-                self._lock.release()
-            raise
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        # A consumer's handler is cancelled when the broker connection drops, possibly right here. The write lock
-        # must be released whatever happens, or every later write of this process waits forever; and the
-        # rollback/close runs shielded, so a cancellation cannot leave the connection mid-transaction either.
-        try:
-            await asyncio.shield(self._end())
-        finally:
-            if self._lock:
-                self._lock.release()
-
-    async def _end(self) -> None:
-        try:
-            await self.rollback()
-        finally:
-            await self.conn.close()
-
-    def stage_new_events(self) -> None:
-        new = self.collect_new_events()
-        if new:
-            trace = json.dumps(carrier())
-            now = time.time()
-            self._staged += [
-                {"event_id": ce.id, "event_type": ce.type, "subject": ce.subject, "envelope": ce.model_dump_json(),
-                 "trace": trace, "created_at": now}
-                for ce in (CloudEvent.from_domain(self.source, subject, e) for subject, e in new)]
-
-    async def commit(self) -> None:
-        if self.read_only:
-            raise RuntimeError("a read-only unit of work cannot commit")
-        self.stage_new_events()
-        rows, self._staged = self._staged, []
-        owned: list[dict[str, Any]] = []
-        epoch = 0
-        if rows:
-            if self.relay is not None and self.relay.accepting:
-                epoch = self.relay.epoch
-                elsewhere = await self._held_elsewhere(rows)
-                until = time.time() + self.relay.lease_s
-                for row in rows:
-                    row["claimed_until"] = None if row["subject"] in elsewhere else until
-                owned = [row for row in rows if row["claimed_until"] is not None]
-            await self.conn.execute(self.outbox.insert(), rows)
-        await self.conn.commit()
-        if self.relay is not None and rows:
-            self.relay.committed(owned, len(rows) - len(owned), epoch)
-
-    async def _held_elsewhere(self, rows: list[dict[str, Any]]) -> set[str]:
-        """The aggregates among `rows` with an earlier unsent row this process's relay does not hold (another
-        instance's, or one waiting for a retry). Their new rows keep the claim-in-order path (`OutboxRelay`'s
-        sweep); the others' may be published straight away without breaking an aggregate's order."""
-        assert self.relay is not None
-        o = self.outbox
-        earlier = await self.conn.execute(sa.select(o.c.subject, o.c.event_id).where(
-            o.c.subject.in_({r["subject"] for r in rows}), o.c.sent_at.is_(None)))
-        return {subject for subject, event_id in earlier if not self.relay.holds(event_id)}
-
-    async def rollback(self) -> None:
-        if self.conn.in_transaction():
-            await self.conn.rollback()
-
-    async def processed(self, event_ids: list[str]) -> set[str]:
-        rows = await self.conn.execute(sa.select(self.inbox.c.event_id).where(self.inbox.c.event_id.in_(event_ids)))
-        return set(rows.scalars())
-
-    async def mark_processed(self, events: list[tuple[str, str]]) -> None:
-        if events:
-            now = time.time()
-            await self.conn.execute(self.inbox.insert(), [
-                {"event_id": event_id, "event_type": event_type, "processed_at": now} for event_id, event_type in events])
-
-
-@dataclasses.dataclass(frozen=True)
-class _Row:
-    """An outbox row on its way to the broker."""
-    event_id: str
-    event_type: str
-    subject: str
-    envelope: str
-    trace: str
-    until: float  # its claim (lease) runs out then: another relay may take it over
-
-    @classmethod
-    def of(cls, row: Any, until: float) -> "_Row":
-        get = row.get if isinstance(row, dict) else row._mapping.get
-        return cls(get("event_id"), get("event_type"), get("subject"), get("envelope"), get("trace"), until)
-
-
-class OutboxRelay:
-    """Moves committed outbox rows to the broker, in order per aggregate, marking them sent only after the confirm.
-
-    Every instance of a service runs one. The rows an instance commits are born claimed by it (for `lease_s`) and
-    handed to its relay in memory (`committed`): it publishes them at once — no transaction to find or claim them,
-    so the one write transaction an event costs the relay is marking it sent, and that one is shared by every
-    event confirmed meanwhile and kept off the event's path (a task of its own). A row nobody holds — its
-    instance died, its publish failed, it was written while the relay was down or behind another instance's
-    unsent row of the same aggregate — is taken by the sweep: every `poll_s` (sooner when told), any relay claims
-    the oldest such rows whose lease ran out, in a transaction, and publishes them. At least once: a relay that
-    dies between the confirm and the mark has its rows published again after the lease; consumers are idempotent.
-    Per-aggregate order: a row is published straight away only when no earlier row of its aggregate is unsent
-    elsewhere (`SqlUnitOfWork`); the sweep claims a row only when no earlier row of its aggregate is claimed; and
-    after a failed publish nothing later counts as sent.
-    """
-
-    def __init__(self, engine: AsyncEngine, outbox: sa.Table, bus: EventBus, *, batch: int = 100,
-                 lease_s: float = 10.0, poll_s: float = 0.5) -> None:
-        self.engine, self.outbox, self.bus = engine, outbox, bus
-        self.batch, self.lease_s, self.poll_s = batch, lease_s, poll_s
-        self.accepting = False  # new rows are handed over in memory (False: not running, or the broker failing)
-        self.epoch = 1  # counts failed publishes (each gives rows back to the sweep)
-        self._mine: list[_Row] = []  # handed over, not yet published
-        self._held: set[str] = set()  # event ids this relay holds: handed over or claimed, until marked sent
-        self._sent: list[tuple[list[str], float]] = []  # confirmed, to be marked sent: (event ids, when)
-        self._released: list[str] = []  # to be given back to the sweep (a failed publish)
-        self._swept: set[str] = set()  # event ids the sweep claimed, until marked sent
-        self._wake = asyncio.Event()
-        self._sweep_now = asyncio.Event()
-        self._marks = asyncio.Event()
-        self._marked = asyncio.Event()  # for tests and stop(): set after each marking transaction
-        self._tasks: list[asyncio.Task[None]] = []
-
-    def wake(self) -> None:
-        """Rows were written that only the sweep will take: sweep now rather than at the next poll."""
-        self._sweep_now.set()
-
-    def holds(self, event_id: str) -> bool:
-        return event_id in self._held
-
-    def committed(self, rows: list[dict[str, Any]], for_sweep: int = 0, epoch: int = 0) -> None:
-        """Called by the unit of work after its commit: `rows` it wrote claimed for this relay, as its check in
-        `epoch` allowed, and how many others it wrote for the sweep."""
-        if rows and epoch != self.epoch:
-            # A publish failed since the check (a database that yields mid-transaction): an earlier row of their
-            # aggregate may have been given back to the sweep; these go after it, through the sweep too.
-            self._released += [r["event_id"] for r in rows]
-            self._marks.set()
-            for_sweep += len(rows)
-        elif rows:
-            self._mine += [_Row.of(r, r["claimed_until"]) for r in rows]
-            self._held.update(r["event_id"] for r in rows)
-            self._wake.set()
-        if for_sweep:
-            self.wake()
-
-    def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._run(), name="outbox-relay"),
-                       asyncio.create_task(self._sweep_forever(), name="outbox-sweep"),
-                       asyncio.create_task(self._mark_forever(), name="outbox-marker")]
-
-    async def backlog(self) -> int:
-        async with self.engine.connect() as conn:
-            return (await conn.execute(
-                sa.select(sa.func.count()).select_from(self.outbox).where(self.outbox.c.sent_at.is_(None)))).scalar_one()
-
-    def settled(self) -> bool:
-        """Nothing handed over, in flight or waiting to be marked (for tests and operators)."""
-        return not (self._mine or self._held or self._swept or self._sent or self._released)
-
-    async def _run(self) -> None:
-        """The handed-over rows: published as they come, never waiting for the database."""
-        await self.bus.connected.wait()
-        self.accepting = True
-        while True:
-            # Cleared before the round, not after: a commit made while a round runs must start the next one at
-            # once. (Cleared after, its wake-up was lost and its event waited for the next poll.)
-            self._wake.clear()
-            try:
-                while self._mine:
-                    await self._publish(self._take_mine(), swept=False)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # Until the sweep gets a round through, new rows go to the sweep, which retries with a growing delay.
-                self.accepting = False
-                log.warning("outbox relay: %s; rows stay in the outbox and are retried", exc or type(exc).__name__)
-                self.wake()
-            await self._wake.wait()
-
-    async def _sweep_forever(self) -> None:
-        """The rows nobody holds. A task of its own: its claims wait for the write lock, the handed-over rows don't."""
-        await self.bus.connected.wait()
-        backoff = self.poll_s
-        while True:
-            self._sweep_now.clear()
-            try:
-                blocked = await self._sweep()
-                self.accepting = True
-                backoff = self.poll_s
-                # Rows behind another instance's unsent row wait for its mark: look again soon, not at the poll.
-                wait = min(0.02, self.poll_s) if blocked else self.poll_s
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.accepting = False
-                log.warning("outbox relay: %s; rows stay in the outbox and are retried", exc or type(exc).__name__)
-                backoff = wait = min(backoff * 2, 5.0)
-            try:
-                await asyncio.wait_for(self._sweep_now.wait(), wait)
-            except asyncio.TimeoutError:
-                pass
-
-    def _take_mine(self) -> list[_Row]:
-        batch, now = self._mine[:self.batch], time.time()
-        del self._mine[:len(batch)]
-        # A row whose lease is about to run out may be taken by another relay any moment: the sweep has it then.
-        late = [r for r in batch if r.until - now < self.lease_s / 2]
-        if late:
-            self._held.difference_update(r.event_id for r in late)
-            self.wake()
-            return [r for r in batch if r not in late]
-        return batch
-
-    async def _sweep(self) -> bool:
-        """Claim and publish the rows nobody holds, batch after batch. Returns whether rows were left unclaimed
-        because an earlier row of their aggregate is claimed (by another relay: it will mark it soon)."""
-        while True:
-            ids, waiting = await self._claimable(self.engine.connect())  # a reader: no write lock when idle
-            if not ids:
-                return waiting
-            async with _transaction(self.engine) as conn:
-                ids, _ = await self._claimable(nullcontext(conn))  # again, as the one writer
-                if not ids:
-                    continue
-                now = time.time()
-                until = now + self.lease_s
-                o = self.outbox
-                # Conditional, so that on PostgreSQL a relay that raced this one to the same rows claims none of
-                # them (it waits for this row lock, then finds them claimed); SQLite has one writer anyway.
-                await conn.execute(o.update().where(
-                    o.c.seq.in_(ids), o.c.sent_at.is_(None),
-                    sa.or_(o.c.claimed_until.is_(None), o.c.claimed_until < now)).values(claimed_until=until))
-                rows = [_Row.of(r, until) for r in (await conn.execute(
-                    sa.select(o.c.event_id, o.c.event_type, o.c.subject, o.c.envelope, o.c.trace)
-                    .where(o.c.seq.in_(ids), o.c.claimed_until == until).order_by(o.c.seq))).all()]
-            self._swept.update(r.event_id for r in rows)
-            await self._publish(rows, swept=True)
-            if len(rows) < self.batch:
-                return False
-
-    async def _claimable(self, connection: Any) -> tuple[list[int], bool]:
-        o = self.outbox
-        earlier = o.alias("earlier")
-        now = time.time()
-        blocked = sa.exists().where(earlier.c.subject == o.c.subject, earlier.c.seq < o.c.seq,
-                                    earlier.c.sent_at.is_(None),
-                                    earlier.c.claimed_until.is_not(None), earlier.c.claimed_until >= now)
-        unclaimed = sa.and_(o.c.sent_at.is_(None), sa.or_(o.c.claimed_until.is_(None), o.c.claimed_until < now))
-        async with connection as conn:
-            ids = (await conn.execute(sa.select(o.c.seq).where(unclaimed, ~blocked)
-                                      .order_by(o.c.seq).limit(self.batch))).scalars().all()
-            waiting = not ids and (await conn.execute(
-                sa.select(sa.exists().where(unclaimed, blocked)))).scalar_one()
-        return list(ids), bool(waiting)
-
-    async def _publish(self, rows: list[_Row], *, swept: bool) -> None:
-        if not rows:
-            return
-        # Publish the batch with confirms in flight together (DESIGN §7: ~4x the rate of one confirm at a time).
-        results = await asyncio.gather(
-            *(self.bus.publish(r.envelope, r.event_id, r.event_type, json.loads(r.trace)) for r in rows),
-            return_exceptions=True)
-        first_failure = next((i for i, res in enumerate(results) if isinstance(res, BaseException)), len(rows))
-        if first_failure:
-            self._sent.append(([r.event_id for r in rows[:first_failure]], time.time()))
-            PUBLISHED.inc(first_failure)
-        if first_failure < len(rows):
-            # Retried by the sweep, in order (a success among them may repeat). What was handed over meanwhile
-            # goes with them: published now, it could overtake an earlier row of its aggregate.
-            failed = [r.event_id for r in rows[first_failure:]]
-            if swept:
-                self._swept.difference_update(failed)
-            else:
-                failed += [r.event_id for r in self._mine]
-                self._mine.clear()
-                self._held.difference_update(failed)
-                self.epoch += 1
-            self._released += failed
-        self._marks.set()
-        if first_failure < len(rows):
-            first = results[first_failure]
-            raise RuntimeError(f"{len(rows) - first_failure} of {len(rows)} events not confirmed "
-                               f"({type(first).__name__}: {first})")
-
-    async def _mark_forever(self) -> None:
-        """Marks confirmed rows sent (and gives failed ones back to the sweep): one transaction for whatever was
-        confirmed while the previous one waited for the write lock. Off the events' path: a publish never waits
-        for it."""
-        delay = 0.05
-        while True:
-            await self._marks.wait()
-            self._marks.clear()
-            try:
-                await self._mark()
-                delay = 0.05
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("outbox relay: marking rows sent failed (%s); retrying", exc or type(exc).__name__)
-                self._marks.set()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
-    async def _mark(self) -> None:
-        sent, released = self._sent, self._released
-        if not sent and not released:
-            return
-        self._sent, self._released = [], []
-        o = self.outbox
-        try:
-            async with _transaction(self.engine) as conn:
-                for ids, at in sent:
-                    for chunk in _chunks(ids):
-                        await conn.execute(o.update().where(o.c.event_id.in_(chunk)).values(sent_at=at))
-                for chunk in _chunks(released):
-                    await conn.execute(o.update().where(o.c.event_id.in_(chunk)).values(claimed_until=None))
-        except BaseException:
-            self._sent[:0], self._released[:0] = sent, released
-            raise
-        for ids, _ in sent:
-            self._held.difference_update(ids)
-            self._swept.difference_update(ids)
-        self._marked.set()
-
-    async def stop(self) -> None:
-        """Stop relaying; mark what was confirmed and give back to the sweep what was handed over but not
-        published (another instance takes it at once, not after the lease); let go of the connection and lock."""
-        self.accepting = False
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=5)
-        self._released += [r.event_id for r in self._mine]
-        self._held.difference_update(r.event_id for r in self._mine)
-        self._mine.clear()
-        try:
-            await asyncio.wait_for(self._mark(), 2)
-        except Exception as exc:  # the leases run out: the rows are taken over, published again at worst
-            log.warning("outbox relay: could not mark rows at stop (%s)", exc or type(exc).__name__)
-
-
-def _chunks(ids: list[str], size: int = 500) -> Iterator[list[str]]:
-    for i in range(0, len(ids), size):
-        yield ids[i:i + size]

@@ -1,7 +1,7 @@
 """The unit-of-work port (plain Python): what a service layer sees of persistence.
 
 One unit of work = one database transaction holding the state change, the events it raised (outbox) and the
-ids of the events it consumed (inbox). Adapters implement it (sql.SqlUnitOfWork); tests can fake it.
+ids of the events it consumed (inbox). Adapters implement it (outbox.SqlUnitOfWork); tests can fake it.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from typing import Iterable
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from msa_kit.sql import SqlUnitOfWork
+from msa_kit.outbox import SqlUnitOfWork
 
 from ..domain.model import Line, Product, Reservation
 

@@ -6,7 +6,7 @@ import time
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from msa_kit.sql import SqlUnitOfWork
+from msa_kit.outbox import SqlUnitOfWork
 
 from ..domain.model import Order, OrderLine
 
