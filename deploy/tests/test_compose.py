@@ -280,8 +280,13 @@ def _run_init_script(bin_dir: Path, tmp_path: Path, as_postgres: list[str]) -> N
     passwords = {"user": "it's a pw", "catalog": "c$at pw", "order": "o;rder\"pw"}
     env = {**os.environ, "PGHOST": str(tmp_path),
            **{f"{s.upper()}_DB_PASSWORD": pw for s, pw in passwords.items()}}
+    # A copy beside the server: the checkout may sit in a directory the postgres user cannot enter (a fresh clone
+    # under a private mktemp dir, as CI's is).
+    script = tmp_path / INIT_SQL.name
+    shutil.copy(INIT_SQL, script)
+    script.chmod(0o755)
     try:
-        run(str(INIT_SQL), env=env)
+        run(str(script), env=env)
 
         def connect(role: str, db: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run(["psql", "-h", str(tmp_path), "-U", f"msa_{role}", "-d", f"msa_{db}", "-Atc",

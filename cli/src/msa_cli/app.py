@@ -19,6 +19,8 @@ from . import load as load_generator
 from .canary import canary
 from .chaos import chaos
 from .compose import ComposeTopology
+from .logs_cmd import logs
+from .trace_cmd import trace
 from .preflight import mask_url
 from .runner import AlreadyRunning, NotRunning, ProgramStatus, Topology, TopologyError
 from .spec import default_spec
@@ -87,6 +89,8 @@ def _options(
 
 app.add_typer(chaos, name="chaos")
 app.add_typer(canary, name="canary")
+app.command()(logs)
+app.command("trace")(trace)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+
 from ..domain.model import InvalidOrder, Order, OrderLine
 from .ports import OrderUnitOfWork, PriceList, UserDirectory
+
+
+log = logging.getLogger(__name__)
 
 
 class UnknownUser(Exception):
@@ -41,6 +46,7 @@ async def place_order(uow: OrderUnitOfWork, reads: OrderUnitOfWork, users: UserD
                 return earlier, False
         await uow.orders.add(order)
         await uow.commit()
+    log.info("order %s placed: %d line(s), %d cents", order.id, len(order.lines), order.total_cents)
     return order, True
 
 
