@@ -44,6 +44,7 @@ logs:
 	@tail -n 50 var/log/*.log
 
 test: $(STAMP)
+	@deploy/test-tools.sh
 	@$(BIN)/python -m pytest
 
 test-unit: $(STAMP)

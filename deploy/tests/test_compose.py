@@ -254,13 +254,14 @@ def test_the_init_script_is_strict_and_quotes_through_psql():
 
 
 def test_the_init_script_really_creates_one_private_database_per_service():
-    """Against a throwaway PostgreSQL (socket only, in a temp dir), when this machine has the server binaries."""
+    """Against a throwaway PostgreSQL (socket only, in a temp dir); `make test` installs the server binaries
+    (deploy/test-tools.sh)."""
     bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
     as_postgres: list[str] = []
     if os.geteuid() == 0:  # initdb refuses to run as root
         as_postgres = ["runuser", "-u", "postgres", "--"] if shutil.which("runuser") else []
-    if not bins or not shutil.which("psql") or (os.geteuid() == 0 and not as_postgres):
-        pytest.skip("no PostgreSQL server binaries here: the structural test above still ran")
+    assert bins and shutil.which("psql") and (os.geteuid() != 0 or as_postgres), \
+        "needs PostgreSQL's server binaries (Debian: apt-get install postgresql; deploy/test-tools.sh)"
     # Not pytest's tmp_path: its parent is private to us, and the postgres user must reach the directory (and a
     # socket path must stay under ~100 characters).
     with tempfile.TemporaryDirectory(prefix="msa-pg-") as tmp:
@@ -372,13 +373,12 @@ def test_prometheus_keeps_exactly_the_services_with_metrics_and_names_them():
 
 
 def test_promtool_accepts_the_prometheus_config(tmp_path: Path):
-    """An extra over the structural test when promtool is installed (Debian: `prometheus`). promtool checks the
+    """promtool (Debian: `prometheus`, installed by deploy/test-tools.sh) beside the structural test. It checks the
     schema, durations, relabel rules and RE2 regexes; it resolves nothing (Consul, hostnames) and scrapes nothing.
     Debian's build has no Consul discovery compiled in: it then checks a copy with the consul_sd_configs turned into
     static targets, so everything else is still checked."""
     promtool = shutil.which("promtool")
-    if not promtool:
-        pytest.skip("promtool not installed (apt-get install prometheus): the structural tests above still ran")
+    assert promtool, "needs promtool (Debian: apt-get install prometheus; deploy/test-tools.sh)"
     r = subprocess.run([promtool, "check", "config", str(PROMETHEUS)], capture_output=True, text=True, timeout=60)
     if r.returncode and "field consul_sd_configs not found" in r.stdout + r.stderr:
         doc = yaml.safe_load(PROMETHEUS.read_text())
