@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SRC_DIRS := libs/msa_kit/src discovery/src config-server/src gateway/src services/user/src services/catalog/src services/order/src cli/src faultproxy/src
+SRC_DIRS := libs/msa_kit/src discovery/src config-server/src gateway/src services/user/src services/catalog/src services/order/src cli/src faultproxy/src probe/src
 
 .PHONY: help install up down status logs test test-unit bench bench-quick lock clean
 .DEFAULT_GOAL := help
@@ -19,7 +19,7 @@ help:
 	@echo "make lock    re-pin requirements/*.in into hash-locked requirements/*.lock (main: runtime, the image; dev: + tests)"
 	@echo "make clean-data  remove the local databases (and config snapshots, registry state) under var/"
 
-$(STAMP): requirements/main.lock requirements/dev.lock requirements/bootstrap.lock
+$(STAMP): requirements/main.lock requirements/dev.lock requirements/bootstrap.lock Makefile
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --disable-pip-version-check --require-hashes -r requirements/bootstrap.lock
 	@$(BIN)/uv pip sync -q --compile-bytecode --python $(BIN)/python --require-hashes requirements/dev.lock

@@ -33,6 +33,11 @@ def booted(tmp_path_factory: pytest.TempPathFactory, amqp_url: str, *, databases
     # A copy of config-repo, so tests can change configuration live without touching the checkout.
     config_repo = tmp_path_factory.mktemp("config") / "config-repo"
     shutil.copytree(repo_root() / "config-repo", config_repo)
+    # The synthetic probe is off in test stacks: its orders, stock movements and log lines would show up in tests
+    # that count them. tests/test_probe.py switches it on for itself. A YAML document of its own (`---`): the
+    # config server merges documents key by key, so probe.yml's other settings (the password) stay in force.
+    with (config_repo / "probe.yml").open("a") as probe_yml:
+        probe_yml.write("\n---\nprobe: {enabled: false}\n")
     extra_env = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url} if otlp else None
     spec = default_spec(ports, var_dir=tmp_path_factory.mktemp("var"), namespace=namespace, config_repo=config_repo,
                         amqp_url=amqp_url, databases=databases, extra_env=extra_env)

@@ -30,6 +30,7 @@ def test_an_order_through_the_gateway_is_confirmed_and_takes_stock(api: Api):
     assert r.status_code == 201, r.text
     placed = r.json()
     assert placed["status"] == "PENDING" and placed["total_cents"] == 2 * before[sku]["price_cents"]
+    assert placed["synthetic"] is False  # a customer's order (no X-Synthetic-Transaction header)
     assert r.headers["x-trace-id"] and len(r.headers["x-trace-id"]) == 32
     final = api.wait_final(placed["id"])
     print(f"order confirmed in {(time.monotonic() - started) * 1000:.0f} ms")

@@ -38,6 +38,7 @@ SETTINGS = {
     "catalog": "catalog.bootstrap:CatalogSettings",
     "order": "order.bootstrap:OrderSettings",
     "msa_gateway": "msa_gateway.app:GatewaySettings",
+    "msa_probe": "msa_probe.bootstrap:ProbeSettings",
 }
 # Variables read by libraries or straight from os.environ rather than a settings class. Each non-OTEL name must
 # still be read somewhere in our sources (checked below), so a rename on either side fails here.
@@ -343,7 +344,7 @@ def consul_target(service: str, instance: str, version: str = "v1") -> dict[str,
             "__meta_consul_service_metadata_version": version, "__address__": f"{instance}:8000"}
 
 
-METRICS_SERVICES = {"user", "catalog", "order"}  # the services built on msa_kit.app, which serves /metrics
+METRICS_SERVICES = {"user", "catalog", "order", "gateway", "probe"}  # the programs serving /metrics (msa_kit.metrics)
 
 
 def test_prometheus_config_is_well_formed():
@@ -365,7 +366,7 @@ def test_prometheus_config_is_well_formed():
 
 def test_prometheus_keeps_exactly_the_services_with_metrics_and_names_them():
     rules = scrape_config("msa")["relabel_configs"]
-    kept = {s for s in ("user", "catalog", "order", "gateway", "config-server", "consul")
+    kept = {s for s in ("user", "catalog", "order", "gateway", "probe", "config-server", "consul")
             if relabel(rules, consul_target(s, f"{s}-1"))}
     assert kept == METRICS_SERVICES
     labels = relabel(rules, consul_target("catalog", "catalog-v2", "v2"))
@@ -424,3 +425,44 @@ def test_each_program_gets_only_the_secrets_it_needs(with_env: Path):
             var for service, var in own.items() if not name.startswith(service)}
         held = sorted(var for var in foreign if values.get(var) and values[var] in env)
         assert not held, f"{name} receives {held}"
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(dashboard: panel title, PromQL) of every query of every provisioned dashboard."""
+    found = []
+    for path in sorted((GRAFANA / "dashboards").glob("*.json")):
+        for panel in json.loads(path.read_text())["panels"]:
+            found += [(f"{path.name}: {panel['title']}", t["expr"]) for t in panel.get("targets", []) if t.get("expr")]
+    return found
+
+
+def test_every_dashboard_query_is_promql_that_promtool_accepts(tmp_path: Path):
+    """Each panel's query, as a recording rule, through promtool's PromQL parser (a typo, an unbalanced
+    parenthesis or a function that does not exist fails here, not as an empty panel). Grafana's $__rate_interval
+    becomes a fixed range first, as Grafana itself substitutes it."""
+    promtool = shutil.which("promtool")
+    assert promtool, "needs promtool (Debian: apt-get install prometheus; deploy/test-tools.sh)"
+    queries = dashboard_queries()
+    assert len(queries) >= 20
+    rules = [{"record": f"dashboard:query_{i}", "expr": expr.replace("$__rate_interval", "20s")}
+             for i, (_title, expr) in enumerate(queries)]
+    path = tmp_path / "dashboards.rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
+    r = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"{len(rules)} rules found" in r.stdout, r.stdout
+
+
+def test_the_dashboards_are_the_three_a_learner_opens_and_link_to_each_other():
+    dashboards = {json.loads(p.read_text())["uid"]: json.loads(p.read_text())
+                  for p in (GRAFANA / "dashboards").glob("*.json")}
+    assert set(dashboards) == {"msa-overview", "msa-resilience", "msa-events"}
+    for uid, dash in dashboards.items():
+        ids = [p["id"] for p in dash["panels"]]
+        assert len(ids) == len(set(ids)), f"{uid}: panel ids repeat"
+        assert any(link.get("type") == "dashboards" and "msa-sandbox" in link.get("tags", []) for link in dash["links"])
+        for panel in dash["panels"]:
+            g = panel["gridPos"]
+            assert g["x"] + g["w"] <= 24, f"{uid}: {panel['title']} is wider than the grid"
+            if panel["type"] != "row":
+                assert panel.get("description") and panel.get("targets"), f"{uid}: {panel['title']}"

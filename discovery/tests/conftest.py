@@ -102,3 +102,13 @@ def cleanup(c: consul.Consul, name: str) -> Iterator[list[str]]:
     for service_id in ids:
         c.agent.service.deregister(service_id)
     c.kv.delete(f"{name}/", recurse=True)
+
+
+@pytest.fixture
+def check_cleanup(c: consul.Consul) -> Iterator[list[str]]:
+    """Ids of checks registered on their own (/v1/agent/check/register) to deregister after the test. A node-level
+    check bears on every instance on the node, so one left critical on a shared Consul would fail other tests."""
+    check_ids: list[str] = []
+    yield check_ids
+    for check_id in check_ids:
+        c.agent.check.deregister(check_id)

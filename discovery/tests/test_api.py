@@ -40,7 +40,8 @@ async def test_register_without_content_type_and_in_any_key_case(http: httpx.Asy
 async def test_every_read_carries_the_consul_headers(http: httpx.AsyncClient) -> None:
     await http.put("/v1/kv/k", content=b"v")
     for path in ["/v1/agent/services", "/v1/agent/checks", "/v1/agent/self", "/v1/health/service/x",
-                 "/v1/health/checks/x", "/v1/health/state/any", "/v1/catalog/services", "/v1/catalog/service/x",
+                 "/v1/health/checks/x", "/v1/health/state/any", "/v1/health/node/node-1", "/v1/agent/members",
+                 "/v1/catalog/services", "/v1/catalog/service/x",
                  "/v1/kv/k", "/v1/kv/missing", "/v1/status/leader", "/v1/status/peers"]:
         r = await http.get(path)
         assert int(r.headers["X-Consul-Index"]) >= 1, path
@@ -62,8 +63,23 @@ async def test_index_grows_with_every_change(http: httpx.AsyncClient) -> None:
     ("PUT", "/v1/agent/service/register", b'{"Port":1}', 400, "Missing service name"),
     ("PUT", "/v1/agent/service/register", b'{"Name":"w","Check":{"TTL":"x"}}', 400, "invalid duration"),
     ("PUT", "/v1/agent/service/deregister/nope", b"", 404, 'Unknown service ID "nope"'),
-    ("PUT", "/v1/agent/check/pass/service:nope", b"", 404, "does not have associated TTL"),
-    ("PUT", "/v1/agent/check/update/service:nope", b'{"Status":"passing"}', 404, "does not have associated TTL"),
+    ("PUT", "/v1/agent/check/pass/service:nope", b"", 404, 'Unknown check ID "service:nope". Ensure that the check'),
+    ("PUT", "/v1/agent/check/update/service:nope", b'{"Status":"passing"}', 404, "Unknown check ID"),
+    ("PUT", "/v1/agent/check/pass/serfHealth", b"", 404, 'Unknown check ID "serfHealth"'),
+    ("PUT", "/v1/agent/check/register", b'{"TTL":"1s"}', 400, "Missing check name"),
+    ("PUT", "/v1/agent/check/register", b'{"Name":"c","TTL":"1s","Status":"ok"}', 400, "Bad check status"),
+    ("PUT", "/v1/agent/check/register", b'{"Name":"c"}', 400, "Invalid check: TTL must be > 0"),
+    ("PUT", "/v1/agent/check/register", b'{"Name":"c","TTL":"1s","ServiceID":"nope"}', 404,
+     'ServiceID "nope" does not exist'),
+    ("PUT", "/v1/agent/check/register", b'{"Name":"c","Args":["true"],"Interval":"1s"}', 500,
+     "Scripts are disabled on this agent from remote calls; to enable, configure 'enable_script_checks' to true"),
+    ("PUT", "/v1/agent/check/register", b'{"Name":"c","Args":["true"],"Interval":"1s","ServiceID":"nope"}', 404,
+     "does not exist"),  # Consul looks up the instance before it refuses the script
+    ("PUT", "/v1/agent/service/register", b'{"Name":"w","Check":{"Args":["true"],"Interval":"1s"}}', 500,
+     "Scripts are disabled on this agent from remote calls"),
+    ("PUT", "/v1/agent/check/deregister/nope", b"", 404, 'Unknown check ID "nope"'),
+    ("PUT", "/v1/agent/check/deregister/serfHealth", b"", 404, 'Unknown check ID "serfHealth"'),
+    ("GET", "/v1/agent/check/register", b"", 405, "method GET not allowed"),
     ("PUT", "/v1/agent/check/update/service:nope", b'{"Status":"fine"}', 400, "Invalid check status"),
     ("PUT", "/v1/agent/check/explode/service:nope", b"", 404, "404 page not found"),
     ("GET", "/v1/health/service/web?index=abc", b"", 400, "Invalid index"),
@@ -171,6 +187,70 @@ WEIRD_BODIES = [b"null", b"[]", b"42", b'"s"', b"\xff\xfe", b'{"Name":5}', b'{"N
 @pytest.mark.parametrize("body", WEIRD_BODIES)
 async def test_malformed_bodies_get_a_4xx_never_a_500(http: httpx.AsyncClient, body: bytes) -> None:
     await http.put("/v1/agent/service/register", content=b'{"Name":"ok","Check":{"TTL":"1s"}}')
-    for path in ["/v1/agent/service/register", "/v1/agent/check/update/service:ok"]:
+    for path in ["/v1/agent/service/register", "/v1/agent/check/update/service:ok", "/v1/agent/check/register"]:
         r = await http.put(path, content=body)
         assert 400 <= r.status_code < 500, (path, r.status_code, r.text)
+
+
+async def test_checks_registered_on_their_own(http: httpx.AsyncClient, reg: Registry) -> None:
+    await http.put("/v1/agent/service/register", content=b'{"Name":"web","ID":"web-1","Check":{"TTL":"10s"}}')
+    await http.put("/v1/agent/check/pass/service:web-1")
+    assert len((await http.get("/v1/health/service/web?passing")).json()) == 1
+    # py-consul's body for c.agent.check.register("maint", Check.ttl("30s"), notes="window"): a node check.
+    r = await http.put("/v1/agent/check/register", content=b'{"name":"maint","ttl":"30s","notes":"window"}')
+    assert r.status_code == 200 and r.text == ""
+    maint = (await http.get("/v1/agent/checks")).json()["maint"]
+    assert (maint["CheckID"], maint["Name"], maint["Notes"], maint["ServiceID"], maint["ServiceName"],
+            maint["Status"], maint["Type"]) == ("maint", "maint", "window", "", "", "critical", "ttl")
+    [entry] = (await http.get("/v1/health/service/web")).json()
+    assert [c["CheckID"] for c in entry["Checks"]] == ["maint", "serfHealth", "service:web-1"]  # node checks first
+    assert (await http.get("/v1/health/service/web?passing")).json() == []  # a critical node check counts
+    assert [c["CheckID"] for c in (await http.get("/v1/health/checks/web")).json()] == ["service:web-1"]
+    await http.put("/v1/agent/check/pass/maint")
+    assert len((await http.get("/v1/health/service/web?passing")).json()) == 1
+
+    r = await http.put("/v1/agent/check/register",
+                       content=b'{"Name":"disk","ID":"web-1-disk","ServiceID":"web-1","TTL":"30s"}')
+    assert r.status_code == 200
+    [entry] = (await http.get("/v1/health/service/web")).json()
+    disk = {c["CheckID"]: c for c in entry["Checks"]}["web-1-disk"]
+    assert (disk["ServiceID"], disk["ServiceName"]) == ("web-1", "web")
+    assert (await http.get("/v1/health/service/web?passing")).json() == []
+    assert (await http.put("/v1/agent/check/deregister/web-1-disk")).status_code == 200
+    assert (await http.put("/v1/agent/check/deregister/maint")).status_code == 200
+    assert sorted((await http.get("/v1/agent/checks")).json()) == ["service:web-1"]
+    assert len((await http.get("/v1/health/service/web?passing")).json()) == 1
+
+
+async def test_a_ttl_update_of_a_probed_check_is_a_500_as_in_consul(http: httpx.AsyncClient) -> None:
+    body = b'{"Name":"web","Check":{"HTTP":"http://127.0.0.1:1/","Interval":"10s"}}'
+    await http.put("/v1/agent/service/register", content=body)
+    r = await http.put("/v1/agent/check/pass/service:web")
+    assert r.status_code == 500 and r.text == 'CheckID "service:web" does not have associated TTL'
+
+
+async def test_health_node_lists_the_node_checks_then_every_service_check(http: httpx.AsyncClient) -> None:
+    await http.put("/v1/agent/service/register", content=b'{"Name":"web","ID":"web-1","Check":{"TTL":"10s"}}')
+    checks = (await http.get("/v1/health/node/node-1")).json()
+    assert [(c["CheckID"], c["ServiceID"]) for c in checks] == [("serfHealth", ""), ("service:web-1", "web-1")]
+    serf = checks[0]
+    assert (serf["Name"], serf["Status"], serf["Output"], serf["Node"], serf["ServiceName"]) == \
+        ("Serf Health Status", "passing", "Agent alive and reachable", "node-1", "")
+    assert (await http.get("/v1/health/node/elsewhere")).json() == []
+
+
+async def test_agent_self_has_consuls_keys_and_agrees_with_status(http: httpx.AsyncClient) -> None:
+    await http.put("/v1/agent/service/register", content=b'{"Name":"web","Check":{"TTL":"10s"}}')
+    me = (await http.get("/v1/agent/self")).json()
+    assert set(me) == {"Config", "DebugConfig", "Coord", "Member", "Stats", "Meta", "xDS"}
+    assert (me["Config"]["NodeName"], me["Config"]["Datacenter"], me["Config"]["Server"]) == ("node-1", "dc1", True)
+    assert me["Member"]["Name"] == "node-1" and me["Member"]["Status"] == 1 and me["Member"]["Tags"]["dc"] == "dc1"
+    leader = (await http.get("/v1/status/leader")).json()
+    assert me["Stats"]["consul"]["leader"] == "true" and me["Stats"]["consul"]["leader_addr"] == leader
+    assert (await http.get("/v1/status/peers")).json() == [leader]
+    assert me["Stats"]["agent"]["services"] == "1" and me["Stats"]["agent"]["checks"] == "1"
+    assert int(me["Stats"]["raft"]["last_log_index"]) == int((await http.get("/v1/catalog/services"))
+                                                              .headers["X-Consul-Index"])
+    assert me["DebugConfig"]["EnableRemoteScriptChecks"] is False and me["DebugConfig"]["DevMode"] is True
+    assert len(me["Coord"]["Vec"]) == 8 and me["Meta"]["consul-version"] == me["Config"]["Version"]
+    assert me["xDS"]["SupportedProxies"] == {"envoy": []}  # no xDS server here

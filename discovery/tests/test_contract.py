@@ -282,14 +282,6 @@ def test_catalog(c: consul.Consul, name: str, cleanup: list[str]) -> None:
     assert c.catalog.service(name, tag="nope")[1] == []
 
 
-def test_agent_self_and_status(c: consul.Consul) -> None:
-    me = c.agent.self()
-    assert me["Config"]["NodeName"] and me["Member"]["Name"] == me["Config"]["NodeName"]
-    leader = c.status.leader()
-    assert isinstance(leader, str) and ":" in leader
-    assert leader in c.status.peers()
-
-
 def test_health_checks_and_state(c: consul.Consul, name: str, cleanup: list[str]) -> None:
     sid = f"{name}-1"
     cleanup.append(sid)
@@ -320,7 +312,7 @@ def test_errors_for_unknown_checks_and_bad_requests(c: consul.Consul, agent: Age
     # py-consul turns the 404 into False: the client's cue to register again.
     assert c.agent.check.ttl_pass(f"service:{name}-missing") is False
     r = httpx.put(f"{agent.url}/v1/agent/check/pass/service:{name}-missing")
-    assert r.status_code == 404 and "does not have associated TTL" in r.text
+    assert r.status_code == 404 and f'Unknown check ID "service:{name}-missing"' in r.text
     r = httpx.put(f"{agent.url}/v1/agent/service/register", content=b"{}")
     assert r.status_code == 400 and "Missing service name" in r.text
     r = httpx.put(f"{agent.url}/v1/agent/service/register", content=b"{not json")
@@ -386,3 +378,218 @@ async def test_the_calls_our_services_make(ac: consul.aio.Consul, name: str, cle
     index3, nodes = await asyncio.wait_for(watcher, 5)
     assert nodes == [] and int(index3) > int(index2)
     assert await ac.agent.check.ttl_pass(f"service:{sid}") is False  # gone: the client should re-register
+
+
+# -- checks registered on their own: PUT /v1/agent/check/register, /v1/agent/check/deregister/:check_id ----------
+# Consul's API docs (agent/check): the body is a check definition; `Name` is required, `ID` defaults to the name,
+# `Notes` is kept for people, `ServiceID` ties the check to a registered service instance, and without one the check
+# belongs to the node. Script checks (`Args`) need enable_script_checks, which is off by default (and in -dev).
+
+def test_register_a_node_check_the_way_the_py_consul_docs_do(c: consul.Consul, name: str,
+                                                            check_cleanup: list[str]) -> None:
+    check_cleanup.append(name)
+    assert c.agent.check.register(name, Check.ttl("1s"), notes="foo") is True
+    check = c.agent.checks()[name]  # keyed by its CheckID, which defaulted to the name
+    assert (check["CheckID"], check["Name"], check["Notes"]) == (name, name, "foo")
+    assert (check["ServiceID"], check["ServiceName"], check["Type"]) == ("", "", "ttl")
+    assert check["Status"] == "critical"  # a new check is critical until it reports
+
+    # An explicit check_id wins over the name.
+    check_cleanup.append(f"{name}-mem")
+    assert c.agent.check.register("Memory utilization", Check.ttl("30s"), check_id=f"{name}-mem") is True
+    check = c.agent.checks()[f"{name}-mem"]
+    assert (check["CheckID"], check["Name"]) == (f"{name}-mem", "Memory utilization")
+    assert c.agent.check.ttl_warn(f"{name}-mem", "92% used") is True
+    assert (c.agent.checks()[f"{name}-mem"]["Status"], c.agent.checks()[f"{name}-mem"]["Output"]) == \
+        ("warning", "92% used")
+
+    assert c.agent.check.deregister(name) is True
+    assert name not in c.agent.checks()
+    assert c.agent.check.deregister(name) is False  # gone: a 404, which py-consul turns into False
+    assert c.agent.check.ttl_pass(name) is False
+
+
+def test_a_node_check_bears_on_every_instance_of_the_node(c: consul.Consul, name: str, cleanup: list[str],
+                                                         check_cleanup: list[str]) -> None:
+    sid, maint = f"{name}-1", f"{name}-maint"
+    cleanup.append(sid)
+    c.agent.service.register(name, service_id=sid, port=80, check=Check.ttl("30s"))
+    c.agent.check.ttl_pass(f"service:{sid}")
+    assert ids(c.health.service(name, passing=True)[1]) == [sid]
+
+    check_cleanup.append(maint)
+    c.agent.check.register("maintenance window", Check.ttl("30s"), check_id=maint)
+    [entry] = c.health.service(name)[1]
+    node_checks = {ch["CheckID"]: ch for ch in entry["Checks"] if not ch["ServiceID"]}
+    assert node_checks[maint]["Status"] == "critical" and node_checks[maint]["Node"] == entry["Node"]["Node"]
+    assert c.health.service(name, passing=True)[1] == []  # the instance's own check passes, its node's does not
+    assert maint not in {ch["CheckID"] for ch in c.health.checks(name)[1]}  # that one lists the service's checks
+
+    assert c.agent.check.ttl_pass(maint) is True
+    assert ids(c.health.service(name, passing=True)[1]) == [sid]
+    assert c.agent.check.deregister(maint) is True
+    [entry] = c.health.service(name)[1]
+    assert maint not in {ch["CheckID"] for ch in entry["Checks"]}
+
+
+async def test_register_a_check_for_a_service_instance(ac: consul.aio.Consul, name: str, cleanup: list[str],
+                                                      check_cleanup: list[str]) -> None:
+    sid, disk = f"{name}-1", f"{name}-1-disk"
+    cleanup.append(sid)
+    await ac.agent.service.register(name, service_id=sid, port=80, check=Check.ttl("30s"))
+    await ac.agent.check.ttl_pass(f"service:{sid}")
+    index, nodes = await ac.health.service(name, passing=True)
+    assert ids(nodes) == [sid]
+
+    # A watcher of the service is woken by the new check, which (critical) takes the instance out of passing.
+    watcher = asyncio.create_task(ac.health.service(name, passing=True, index=index, wait="10s"))
+    await asyncio.sleep(0.1)
+    check_cleanup.append(disk)
+    assert await ac.agent.check.register("disk", Check.ttl("30s"), check_id=disk, service_id=sid,
+                                         notes="free space") is True
+    new_index, nodes = await asyncio.wait_for(watcher, 5)
+    assert nodes == [] and int(new_index) > int(index)
+
+    [entry] = (await ac.health.service(name))[1]
+    check = service_checks(entry)[disk]
+    assert (check["ServiceID"], check["ServiceName"], check["Name"], check["Notes"], check["Status"]) == \
+        (sid, name, "disk", "free space", "critical")
+    assert disk in {ch["CheckID"] for ch in (await ac.health.checks(name))[1]}
+    assert (await ac.agent.checks())[disk]["ServiceID"] == sid
+
+    await ac.agent.check.ttl_pass(disk)
+    assert ids((await ac.health.service(name, passing=True))[1]) == [sid]
+    await ac.agent.check.ttl_fail(disk, "disk full")
+    assert (await ac.health.service(name, passing=True))[1] == []
+    assert await ac.agent.check.deregister(disk) is True
+    [entry] = (await ac.health.service(name, passing=True))[1]  # only its own check is left, and it passes
+    assert disk not in service_checks(entry)
+
+    # For an instance that is not registered: a 404 (False). A check registered for an instance goes with it.
+    assert await ac.agent.check.register("disk", Check.ttl("30s"), check_id=disk, service_id=f"{name}-nope") is False
+    assert await ac.agent.check.register("disk", Check.ttl("30s"), check_id=disk, service_id=sid) is True
+    assert await ac.agent.service.deregister(sid) is True
+    assert disk not in await ac.agent.checks()
+
+
+def test_script_checks_are_refused_as_with_enable_script_checks_off(c: consul.Consul, name: str,
+                                                                    check_cleanup: list[str]) -> None:
+    # Consul's default (and -dev's): enable_script_checks = false. The check is validated, then refused with a 500.
+    check_cleanup.append(name)
+    with pytest.raises(consul.ConsulException, match="Scripts are disabled on this agent"):
+        c.agent.check.register(name, Check.script(["/bin/true"], "10s"))
+    assert name not in c.agent.checks()
+    with pytest.raises(consul.ConsulException, match="Scripts are disabled on this agent"):
+        c.agent.service.register(name, service_id=f"{name}-1", port=80, check=Check.script(["/bin/true"], "10s"))
+    assert f"{name}-1" not in c.agent.services()  # nothing of the registration is kept
+
+
+async def test_script_checks_are_refused_aio(ac: consul.aio.Consul, name: str, check_cleanup: list[str]) -> None:
+    check_cleanup.append(name)
+    with pytest.raises(consul.ConsulException, match="Scripts are disabled on this agent"):
+        await ac.agent.check.register(name, Check.script(["/bin/true"], "10s"))
+    assert name not in await ac.agent.checks()
+
+
+# -- the node's own check: serfHealth ---------------------------------------------------------------------------
+# Consul's servers keep, for every node, the check "serfHealth" ("Serf Health Status"), passing while the node's
+# agent is alive in gossip. It belongs to the node (ServiceID ""), so the health endpoints list it beside each
+# instance's checks and ?passing counts it; it is not one of the agent's checks (/v1/agent/checks).
+
+def serf_health(checks: list[dict[str, Any]]) -> dict[str, Any]:
+    [serf] = [ch for ch in checks if ch["CheckID"] == "serfHealth"]
+    return serf
+
+
+def test_every_instance_carries_its_nodes_serf_health_check(c: consul.Consul, name: str, cleanup: list[str]) -> None:
+    node_name = c.agent.self()["Config"]["NodeName"]
+    sids = [f"{name}-1", f"{name}-2"]
+    cleanup += sids
+    for sid in sids:
+        c.agent.service.register(name, service_id=sid, port=80, check=Check.ttl("30s"))
+    for entry in c.health.service(name)[1]:
+        serf = serf_health(entry["Checks"])
+        assert (serf["Name"], serf["Status"], serf["Output"]) == \
+            ("Serf Health Status", "passing", "Agent alive and reachable")
+        assert (serf["ServiceID"], serf["ServiceName"], serf["Node"]) == ("", "", node_name)
+        assert entry["Node"]["Node"] == node_name
+        assert {ch["CheckID"] for ch in entry["Checks"] if ch["ServiceID"]} == {f"service:{entry['Service']['ID']}"}
+
+    # ?passing: every check must pass, serfHealth included (it does), so the instance that reported is listed.
+    assert c.health.service(name, passing=True)[1] == []
+    c.agent.check.ttl_pass(f"service:{sids[0]}")
+    [entry] = c.health.service(name, passing=True)[1]
+    assert entry["Service"]["ID"] == sids[0] and all(ch["Status"] == "passing" for ch in entry["Checks"])
+    assert serf_health(entry["Checks"])["Status"] == "passing"
+
+    # The service's own checks, and the agent's, do not include it; the agent cannot update or remove it.
+    assert "serfHealth" not in {ch["CheckID"] for ch in c.health.checks(name)[1]}
+    assert "serfHealth" not in c.agent.checks()
+    assert c.agent.check.ttl_pass("serfHealth") is False
+    assert c.agent.check.deregister("serfHealth") is False
+
+
+async def test_serf_health_in_the_node_and_state_endpoints(ac: consul.aio.Consul, name: str,
+                                                           cleanup: list[str]) -> None:
+    node_name = (await ac.agent.self())["Config"]["NodeName"]
+    sid = f"{name}-1"
+    cleanup.append(sid)
+    await ac.agent.service.register(name, service_id=sid, port=80, check=Check.ttl("30s"))
+    index, checks = await ac.health.node(node_name)
+    assert int(index) > 0
+    serf = serf_health(checks)
+    assert (serf["Name"], serf["Status"], serf["ServiceID"], serf["Node"]) == \
+        ("Serf Health Status", "passing", "", node_name)
+    assert f"service:{sid}" in {ch["CheckID"] for ch in checks}
+    assert "serfHealth" in {ch["CheckID"] for ch in (await ac.health.state("passing"))[1]}
+    [entry] = (await ac.health.service(name))[1]
+    assert serf_health(entry["Checks"])["Status"] == "passing"
+    assert (await ac.health.node(f"{name}-no-such-node"))[1] == []
+
+
+# -- /v1/agent/self ------------------------------------------------------------------------------------------------
+# Consul's API docs (agent/self): the agent's configuration and member information, as Config, DebugConfig, Coord,
+# Member, Stats, Meta and xDS; Stats.consul.leader_addr is the raft leader that /v1/status/leader reports.
+
+SELF_KEYS = {"Config", "DebugConfig", "Coord", "Member", "Stats", "Meta", "xDS"}
+
+
+def check_self(me: dict[str, Any], leader: str, peers: list[str], datacenters: list[str],
+               node_names: list[str]) -> None:
+    assert SELF_KEYS <= set(me)
+    config, member, stats = me["Config"], me["Member"], me["Stats"]
+    assert config["NodeName"] and member["Name"] == config["NodeName"] and config["NodeName"] in node_names
+    assert config["Datacenter"] in datacenters and config["NodeID"] and config["Server"] is True
+    major, minor, *_ = config["Version"].split(".")
+    assert major.isdigit() and minor.isdigit()
+    assert member["Status"] == 1 and member["Tags"]["dc"] == config["Datacenter"] and member["Tags"]["role"] == "consul"
+    assert member["Addr"] and isinstance(member["Port"], int)
+    assert stats["consul"]["server"] == "true" and stats["consul"]["leader"] == "true"
+    assert stats["consul"]["leader_addr"] == leader and leader in peers
+    assert {"agent", "build"} <= set(stats) and config["Version"].startswith(stats["build"]["version"])
+    assert me["DebugConfig"]["Datacenter"] == config["Datacenter"]
+    assert me["DebugConfig"]["EnableRemoteScriptChecks"] is False  # why script checks are refused
+    assert isinstance(me["Coord"]["Vec"], list) and isinstance(me["Meta"], dict)
+    assert isinstance(me["xDS"]["SupportedProxies"], dict)
+
+
+def test_agent_self_and_status(c: consul.Consul) -> None:
+    leader = c.status.leader()
+    assert isinstance(leader, str) and ":" in leader
+    me = c.agent.self()
+    check_self(me, leader, c.status.peers(), c.catalog.datacenters(), [n["Node"] for n in c.catalog.nodes()[1]])
+    [alive] = [m for m in c.agent.members() if m["Name"] == me["Config"]["NodeName"]]
+    assert alive["Status"] == 1 and alive["Tags"]["role"] == "consul"
+
+
+async def test_agent_self_and_status_aio(ac: consul.aio.Consul, name: str, cleanup: list[str]) -> None:
+    me = await ac.agent.self()
+    check_self(me, await ac.status.leader(), await ac.status.peers(), await ac.catalog.datacenters(),
+               [n["Node"] for n in (await ac.catalog.nodes())[1]])
+    # What a client reads from here matches what the health endpoints say about the node.
+    sid = f"{name}-1"
+    cleanup.append(sid)
+    await ac.agent.service.register(name, service_id=sid, port=80)
+    [entry] = (await ac.health.service(name))[1]
+    assert (entry["Node"]["Node"], entry["Node"]["Datacenter"]) == \
+        (me["Config"]["NodeName"], me["Config"]["Datacenter"])

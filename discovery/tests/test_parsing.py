@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from msa_discovery.decode import DecodeError, service_registration
+from msa_discovery.decode import DecodeError, ScriptChecksDisabled, check_registration, service_registration
 from msa_discovery.durations import format_duration, parse_duration
 from msa_discovery.filter import FilterError, compile_filter
 
@@ -90,8 +90,47 @@ def test_several_checks_are_numbered_from_one() -> None:
     ({"Name": "w", "Check": {"TTL": "1s", "Interval": "1s"}}, "cannot both be specified"),
     ({"Name": "w", "Check": {"TTL": "soon"}}, "invalid duration"),
     ({"Name": "w", "Check": {"TTL": "1s", "Status": "great"}}, "Status for checks must"),
-    ({"Name": "w", "Check": {"Args": ["true"], "Interval": "1s"}}, "only TTL, HTTP and TCP"),
+    ({"Name": "w", "Check": {"GRPC": "127.0.0.1:1", "Interval": "1s"}}, "only TTL, HTTP and TCP"),
+    ({"Name": "w", "Check": {"Args": ["true"]}}, "Interval must be > 0 for Script"),  # validated before refused
 ])
 def test_registration_errors(body: object, reason: str) -> None:
-    with pytest.raises(DecodeError, match=reason):
+    with pytest.raises(DecodeError, match=reason) as e:
         service_registration(body)
+    assert e.value.status == 400
+
+
+def test_script_checks_are_refused_like_consul_with_script_checks_disabled() -> None:
+    for body in [{"Name": "w", "Check": {"Args": ["/bin/true"], "Interval": "10s"}},
+                 {"Name": "w", "Checks": [{"TTL": "5s"}, {"script_args": ["/bin/true"], "interval": "10s"}]}]:
+        with pytest.raises(ScriptChecksDisabled, match="Scripts are disabled on this agent from remote calls") as e:
+            service_registration(body)
+        assert e.value.status == 500
+    definition, script = check_registration({"Name": "disk", "Args": ["df"], "Interval": "10s"})
+    assert script and definition.check_id == "disk"  # the caller refuses it, after checking the ServiceID
+
+
+def test_check_registration_reads_a_consul_check_definition() -> None:
+    # What py-consul sends for c.agent.check.register("mem", Check.ttl("30s"), notes="n", service_id="web-1").
+    d, script = check_registration({"name": "mem", "ttl": "30s", "notes": "n", "serviceid": "web-1"})
+    assert not script
+    assert (d.check_id, d.name, d.service_id, d.ttl, d.notes, d.initial_status) == \
+        ("mem", "mem", "web-1", 30, "n", "critical")
+    d, _ = check_registration({"Name": "mem", "ID": "mem-1", "TTL": "5s", "Status": "passing"})
+    assert (d.check_id, d.service_id, d.initial_status) == ("mem-1", None, "passing")  # no ServiceID: the node's
+    d, _ = check_registration({"Name": "mem", "CheckID": "ignored", "TTL": "5s", "service_id": "web-2"})
+    assert (d.check_id, d.service_id) == ("mem", "web-2")  # Consul's CheckDefinition has ID, not CheckID
+    d, _ = check_registration({"Name": "port", "TCP": "127.0.0.1:1", "Interval": "2s"})
+    assert (d.tcp, d.interval, d.type) == ("127.0.0.1:1", 2, "tcp")
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    ({"TTL": "5s"}, "Missing check name"),
+    ({"Name": "c", "TTL": "5s", "Status": "fine"}, "Bad check status"),
+    ({"Name": "c"}, "Invalid check: TTL must be > 0 for TTL checks"),
+    ({"Name": "c", "HTTP": "http://x/"}, "Invalid check: Interval must be > 0"),
+    ({"Name": "c", "TTL": "5s", "Interval": "5s"}, "Invalid check: Interval and TTL cannot both be specified"),
+    ("c", "Request decode failed"),
+])
+def test_check_registration_errors(body: object, reason: str) -> None:
+    with pytest.raises(DecodeError, match=reason):
+        check_registration(body)

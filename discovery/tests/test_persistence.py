@@ -155,3 +155,17 @@ def test_an_unreadable_file_is_set_aside_and_we_start_empty(tmp_path: Path) -> N
 ])
 def test_where_the_data_dir_is(env: dict[str, str], expected: Path | None) -> None:
     assert data_dir(env) == expected
+
+
+def test_checks_registered_on_their_own_come_back_like_the_others() -> None:
+    before = populated()
+    before.register_check(CheckDefinition("maint", "maintenance", None, ttl=3.0, notes="node-wide"))
+    before.register_check(CheckDefinition("disk", "disk", "web-2", ttl=3.0))
+    before.update_ttl("maint", PASSING, "fine")
+    after = restarted(snapshot(before, WALL), seconds_later=1.0)
+    assert [c.id for c in after.node_checks()] == ["maint", "serfHealth"]  # serfHealth once, the process's own
+    maint = after.checks["maint"]
+    assert (maint.status, maint.output, maint.definition.notes, maint.local) == (PASSING, "fine", "node-wide", True)
+    assert after.checks["serfHealth"].local is False
+    assert [c.id for c in after.service_checks("web-2")] == ["disk", "service:web-2"]
+    assert after.checks["disk"].status == CRITICAL  # never reported: its registered initial status

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from msa_discovery.registry import (
-    CRITICAL, PASSING, WARNING, CheckDefinition, Node, Registry, ServiceDefinition, UnknownCheck,
+    CRITICAL, PASSING, WARNING, CheckDefinition, Node, NotATTLCheck, Registry, ServiceDefinition, UnknownCheck,
 )
 
 
@@ -67,12 +67,14 @@ def test_initial_status_can_be_given(reg: Registry) -> None:
 
 
 def test_unknown_or_non_ttl_checks_cannot_be_updated(reg: Registry) -> None:
-    with pytest.raises(UnknownCheck, match='CheckID "service:nope" does not have associated TTL'):
+    with pytest.raises(UnknownCheck, match='Unknown check ID "service:nope". Ensure that the check ID is passed'):
         reg.update_ttl("service:nope", PASSING, "")
     http = CheckDefinition("service:web-1", "c", "web-1", http="http://x/", interval=1)
     reg.register(svc("web-1"), [http])
-    with pytest.raises(UnknownCheck):
+    with pytest.raises(NotATTLCheck, match='CheckID "service:web-1" does not have associated TTL'):
         reg.update_ttl("service:web-1", PASSING, "")
+    with pytest.raises(UnknownCheck):  # the catalog's serfHealth is not the agent's to update
+        reg.update_ttl("serfHealth", PASSING, "")
 
 
 def test_ttl_expiry(reg: Registry, clock: Clock) -> None:
@@ -241,3 +243,69 @@ def test_lookups_stay_right_when_an_instance_changes_name_or_a_check_changes_own
     assert [c.id for c in reg.node_checks()] == ["serfHealth"]
     assert [s.id for s in reg.instances("b")] == ["a-1", "b-2"] and [s.id for s in reg.instances("consul")] == [
         "consul"]
+
+
+# -- checks registered on their own (PUT /v1/agent/check/register) ----------------------------------------------
+
+def node_check(check_id: str = "maint", **kw: object) -> CheckDefinition:
+    return CheckDefinition(check_id, check_id, None, ttl=10, **kw)  # type: ignore[arg-type]
+
+
+def test_a_node_check_counts_for_every_instance_and_wakes_every_service(reg: Registry) -> None:
+    reg.register(svc("web-1"), [ttl("web-1", initial_status=PASSING)])
+    reg.register(svc("api-1", "api"), [])
+    before = {name: reg.service_index(name) for name in ("web", "api", "consul")}
+    reg.register_check(node_check())
+    assert all(reg.service_index(name) > i for name, i in before.items())  # Consul's updateAllServiceIndexesOfNode
+    assert [c.id for c in reg.node_checks()] == ["maint", "serfHealth"]
+    assert [c.id for c in reg.health("web")[0].checks] == ["maint", "serfHealth", "service:web-1"]
+    assert not reg.health("web")[0].passing and not reg.health("api")[0].passing  # new checks start critical
+    index = reg.service_index("api")
+    reg.update_ttl("maint", PASSING, "ok")
+    assert reg.service_index("api") > index
+    assert reg.health("web")[0].passing and reg.health("api")[0].passing
+    reg.deregister_check("maint")
+    assert [c.id for c in reg.node_checks()] == ["serfHealth"]
+    with pytest.raises(UnknownCheck):
+        reg.deregister_check("maint")
+    with pytest.raises(UnknownCheck):
+        reg.deregister_check("serfHealth")
+
+
+def test_a_check_added_to_an_instance_goes_with_it(reg: Registry) -> None:
+    reg.register(svc("web-1"), [ttl("web-1", initial_status=PASSING)])
+    index = reg.service_index("web")
+    reg.register_check(CheckDefinition("disk", "disk", "web-1", ttl=10))
+    assert reg.service_index("web") > index
+    assert [c.id for c in reg.service_checks("web-1")] == ["disk", "service:web-1"]
+    assert not reg.health("web")[0].passing
+    reg.register(svc("web-1", port=2), [ttl("web-1")])  # re-registering the instance keeps the extra check
+    assert [c.id for c in reg.service_checks("web-1")] == ["disk", "service:web-1"]
+    reg.deregister("web-1")
+    assert "disk" not in reg.checks
+    with pytest.raises(LookupError):
+        reg.register_check(CheckDefinition("disk", "disk", "web-1", ttl=10))
+
+
+def test_re_registering_a_check_keeps_its_state_and_restarts_its_ttl(reg: Registry, clock: Clock) -> None:
+    reg.register_check(node_check(notes="first"))
+    reg.update_ttl("maint", WARNING, "hot")
+    created = reg.checks["maint"].create_index
+    clock.advance(8)
+    reg.register_check(node_check(notes="second"))
+    c = reg.checks["maint"]
+    assert (c.status, c.output, c.definition.notes, c.create_index) == (WARNING, "hot", "second", created)
+    clock.advance(8)
+    reg.tick()
+    assert reg.checks["maint"].status == WARNING  # 16 s after the first TTL started, 8 s into the new one
+    clock.advance(3)
+    reg.tick()
+    assert reg.checks["maint"].status == CRITICAL
+
+
+def test_a_critical_node_check_does_not_reap(reg: Registry, clock: Clock) -> None:
+    reg.register(svc("web-1"), [ttl("web-1", initial_status=PASSING)])
+    reg.register_check(node_check(deregister_after=1))
+    clock.advance(5)
+    reg.tick()  # Consul reaps services only: a node check has none to take with it
+    assert "web-1" in reg.services and "maint" in reg.checks

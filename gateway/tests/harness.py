@@ -31,6 +31,7 @@ Handler = Callable[[httpx.Request], Any]
 class FakeDiscovery:
     def __init__(self, services: dict[str, list[Instance]]) -> None:
         self.services = services
+        self.watchers: dict[str, object] = {}  # Discovery's registry watchers: none, the fake answers itself
 
     async def instances(self, service: str) -> list[Instance]:
         return self.services.get(service, [])

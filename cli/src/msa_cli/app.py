@@ -11,18 +11,20 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
+import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from . import load as load_generator
+from . import status_view
 from .canary import canary
 from .chaos import chaos
 from .compose import ComposeTopology
 from .logs_cmd import logs
 from .trace_cmd import trace
 from .preflight import mask_url
-from .runner import AlreadyRunning, NotRunning, ProgramStatus, Topology, TopologyError
+from .runner import AlreadyRunning, NotRunning, Topology, TopologyError
 from .spec import default_spec
 
 app = typer.Typer(
@@ -144,32 +146,25 @@ def down() -> None:
 
 @app.command()
 def status() -> None:
-    """What runs, its health, and whether discovery lists it as passing. Exit 1 unless all is well."""
+    """What runs, its health, whether discovery lists it as passing, and what each instance reports (breakers,
+    outbox backlog, dead letters, config version, faults); then the synthetic probe's last result. Exit 1 unless
+    every program is healthy and passing (a failing probe is shown, not counted: it is a symptom to look into)."""
     topo = build_topology()
     try:
         rows = topo.status()
     except NotRunning as exc:
         console.print(str(exc), markup=False, soft_wrap=True)
         raise typer.Exit(1) from None
-    console.print(status_table(rows, {r.name: guards(r) for r in rows if r.passing is not None and r.healthy}))
+    console.print(status_view.status_table(rows))
+    figures = status_view.gather(rows, admin_token())
+    if figures:
+        console.print(status_view.figures_table(figures))
+    probe = next((r for r in rows if r.name == "probe" and r.healthy), None)
+    if probe is not None:
+        with httpx.Client(timeout=2) as client:
+            console.print(status_view.probe_line(status_view.probe_result(client, probe.url)), soft_wrap=True)
     if not all(r.healthy and r.passing is not False for r in rows):
         raise typer.Exit(1)
-
-
-def guards(row: ProgramStatus) -> tuple[str, str]:
-    """(breakers that are not closed, active faults) of one instance, from its admin API; '?' if it won't say."""
-    import httpx
-
-    headers = {"Authorization": f"Bearer {admin_token()}"}
-    try:
-        targets = httpx.get(row.url + "/admin/resilience", headers=headers, timeout=2).json()["targets"]
-        faults = httpx.get(row.url + "/admin/faults", headers=headers, timeout=2).json()["faults"]
-    except (httpx.HTTPError, ValueError, KeyError):
-        return "?", "?"
-    breakers = ", ".join(f"{svc}: {t['breaker']['state']}" for svc, t in targets.items()
-                         if t["breaker"]["state"] != "closed")
-    active = ", ".join(f["kind"] + (f" {f['route']}" if f["route"] else "") for f in faults)
-    return breakers or "closed", active or "–"
 
 
 def urls_table(topo: Topology) -> Table:
@@ -193,26 +188,6 @@ def print_urls(topo: Topology) -> None:
         return
     var = topo.spec.var_dir
     console.print(f"logs:   {_shown(var / 'log')}/<program>.log\ntraces: {_shown(var / 'traces')}", soft_wrap=True)
-
-
-def status_table(rows: list[ProgramStatus], guards: dict[str, tuple[str, str]] | None = None) -> Table:
-    guards = guards or {}
-    table = Table()
-    # Names and one-word states are never cut or folded (people read them, and type names into `msa chaos`);
-    # only the free-text columns fold when the terminal is narrow.
-    for col in ("program", "state", "pid", "port", "health", "passing"):
-        table.add_column(col, no_wrap=True)
-    for col in ("breakers", "faults"):
-        table.add_column(col, overflow="fold")
-    for r in rows:
-        state = r.state if r.state == "RUNNING" else f"[yellow]{r.state}[/]"
-        health = f"[green]{r.health}[/]" if r.healthy else f"[red]{r.health}[/]"
-        passing = {None: "–", True: "[green]yes[/]", False: "[red]no[/]"}[r.passing]
-        breakers, faults = guards.get(r.name, ("–", "–"))
-        breakers = breakers if breakers in ("closed", "–", "?") else f"[yellow]{breakers}[/]"
-        faults = faults if faults in ("–", "?") else f"[red]{faults}[/]"
-        table.add_row(r.name, state, str(r.pid or "–"), str(r.port), health, passing, breakers, faults)
-    return table
 
 
 def _shown(path: Path) -> str:

@@ -131,12 +131,13 @@ class Ports:
     order: tuple[int, ...] = (8301, 8302)
     faultproxy: int = 8474  # the fault proxy's control API (Toxiproxy's port)
     broker_proxy: int = 5673  # where every program reaches RabbitMQ: the fault proxy, forwarding to AMQP_URL's broker
+    probe: int = 8090  # the synthetic probe (probe/README.md)
 
     @classmethod
     def free(cls) -> Ports:
         """Ports the OS calls free right now. Racy in principle; preflight re-checks before anything starts."""
         defaults = cls()
-        picked = free_ports(5 + len(defaults.user) + len(defaults.catalog) + len(defaults.order))
+        picked = free_ports(6 + len(defaults.user) + len(defaults.catalog) + len(defaults.order))
         it = iter(picked)
         return cls(
             discovery=next(it),
@@ -147,11 +148,12 @@ class Ports:
             order=tuple(next(it) for _ in defaults.order),
             faultproxy=next(it),
             broker_proxy=next(it),
+            probe=next(it),
         )
 
     def all(self) -> list[int]:
         return [self.discovery, self.config_server, self.gateway, *self.user, *self.catalog, *self.order,
-                self.faultproxy, self.broker_proxy]
+                self.faultproxy, self.broker_proxy, self.probe]
 
 
 def free_ports(n: int) -> list[int]:
@@ -194,7 +196,8 @@ def default_spec(
     environ: dict[str, str] | None = None,
     databases: dict[str, str] | None = None,
 ) -> TopologySpec:
-    """The sandbox's topology: fault proxy, discovery, config server, gateway, user ×1, catalog ×2, order ×2.
+    """The sandbox's topology: fault proxy, discovery, config server, gateway, user ×1, catalog ×2, order ×2, and
+    the synthetic probe (one transaction through the gateway every period, probe/README.md).
 
     Every program reaches RabbitMQ through the fault proxy (its AMQP_URL names the proxy), so tests and the workshop
     can cut or slow the broker for the sandbox alone; spec.amqp_url stays the real broker (preflight checks it).
@@ -258,6 +261,9 @@ def default_spec(
         for i, port in enumerate(service_ports, start=1):
             programs.append(Program(f"{service}-{i}", py(module), port, registers=(service,), priority=100,
                                     preload=("msa_kit.app", f"{module}.bootstrap")))
+    # Last: it calls the gateway, which calls everything else.
+    programs.append(Program("probe", py("msa_probe"), ports.probe, registers=("probe",), priority=300, home="/probe",
+                            preload=("msa_kit.app", "msa_probe.bootstrap")))
     return TopologySpec(
         programs=tuple(programs), var_dir=var, directory=root, discovery="discovery", env=shared, amqp_url=amqp,
         reserved_ports=(ports.broker_proxy,)

@@ -26,11 +26,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import shapes
 from .checks import CheckRunner
-from .decode import DecodeError, fields, service_registration
+from .decode import DecodeError, ScriptChecksDisabled, check_registration, fields, service_registration
 from .durations import parse_duration
 from .filter import FilterError, compile_filter
 from .persistence import Persister
-from .registry import CRITICAL, PASSING, STATUSES, WARNING, Node, Registry, UnknownCheck
+from .registry import CRITICAL, PASSING, STATUSES, WARNING, Node, NotATTLCheck, Registry, UnknownCheck
 from .ui import ui_page
 
 __all__ = ["create_app", "default_node", "ConsulError", "MAX_BODY"]
@@ -164,6 +164,25 @@ async def deregister_service(request: Request) -> Response:
     return Response(b"", 200)
 
 
+async def register_check(request: Request) -> Response:
+    definition, script = check_registration(await _json_body(request))
+    reg = _reg(request)
+    if definition.service_id is not None and definition.service_id not in reg.services:
+        raise ConsulError(404, f'ServiceID "{definition.service_id}" does not exist')
+    if script:
+        raise ScriptChecksDisabled()
+    reg.register_check(definition)
+    return Response(b"", 200)
+
+
+async def deregister_check(request: Request) -> Response:
+    try:
+        _reg(request).deregister_check(request.path_params["check_id"])
+    except UnknownCheck as e:
+        raise ConsulError(404, str(e)) from None
+    return Response(b"", 200)
+
+
 _TTL_OPS = {"pass": PASSING, "warn": WARNING, "fail": CRITICAL}
 
 
@@ -186,6 +205,8 @@ async def update_check(request: Request) -> Response:
         _reg(request).update_ttl(check_id, status, output)  # type: ignore[arg-type]
     except UnknownCheck as e:
         raise ConsulError(404, str(e)) from None
+    except NotATTLCheck as e:  # Consul's updateTTLCheck error, which its HTTP layer answers with a 500
+        raise ConsulError(500, str(e)) from None
     return Response(b"", 200)
 
 
@@ -207,12 +228,17 @@ async def agent_service(request: Request) -> Response:
 async def agent_checks(request: Request) -> Response:
     reg, keep = _reg(request), _filter(request)
     out = {c.id: shapes.health_check(c, reg) for c in sorted(reg.checks.values(), key=lambda c: c.id)
-           if c.definition.service_id is not None}  # serfHealth lives in the catalog, not the agent
+           if c.local}  # serfHealth lives in the catalog, not in the agent
     return _json(request, {k: v for k, v in out.items() if keep(v)})
 
 
+async def agent_members(request: Request) -> Response:
+    """The serf members this agent sees: only itself (?wan is accepted; the one node is in the one datacenter)."""
+    return _json(request, [shapes.member(_reg(request).node)])
+
+
 async def agent_self(request: Request) -> Response:
-    return _json(request, shapes.agent_self(_reg(request).node))
+    return _json(request, shapes.agent_self(_reg(request), request.app.state.data_dir, request.scope.get("server")))
 
 
 # -- health and catalog ------------------------------------------------------------------------------------------
@@ -230,6 +256,16 @@ async def health_checks(request: Request) -> Response:
     reg, name, keep = _reg(request), request.path_params["name"], _filter(request)
     index = await _watch(request, lambda: reg.service_index(name))
     rows = [shapes.health_check(c, reg) for s in reg.instances(name) for c in reg.service_checks(s.id)]
+    return _json(request, [r for r in rows if keep(r)], index)
+
+
+async def health_node(request: Request) -> Response:
+    """Every check of a node: its own (serfHealth first) and those of each service on it."""
+    reg, name, keep = _reg(request), request.path_params["node"], _filter(request)
+    index = await _watch(request, lambda: reg.table_index("checks"))
+    checks = [] if name != reg.node.name else \
+        reg.node_checks() + [c for s in sorted(reg.services) for c in reg.service_checks(s)]
+    rows = [shapes.health_check(c, reg) for c in checks]
     return _json(request, [r for r in rows if keep(r)], index)
 
 
@@ -309,11 +345,11 @@ async def kv(request: Request) -> Response:
 # -- status, liveness, UI ----------------------------------------------------------------------------------------
 
 async def status_leader(request: Request) -> Response:
-    return _json(request, "127.0.0.1:8300")
+    return _json(request, shapes.LEADER_ADDR)
 
 
 async def status_peers(request: Request) -> Response:
-    return _json(request, ["127.0.0.1:8300"])
+    return _json(request, [shapes.LEADER_ADDR])
 
 
 async def health(request: Request) -> Response:
@@ -327,8 +363,8 @@ async def root(request: Request) -> Response:
 # -- errors and limits -------------------------------------------------------------------------------------------
 
 async def _consul_error(request: Request, exc: Exception) -> Response:
-    if isinstance(exc, DecodeError):  # a body Consul would not accept
-        return PlainTextResponse(str(exc), 400)
+    if isinstance(exc, DecodeError):  # a body Consul would not accept (400), or a script check (500)
+        return PlainTextResponse(str(exc), exc.status)
     assert isinstance(exc, ConsulError)
     return PlainTextResponse(exc.reason, exc.status)
 
@@ -396,12 +432,16 @@ def create_app(registry: Registry | None = None, *, run_checks: bool = True,
         Route("/v1/agent/service/register", register_service, methods=["PUT"]),
         Route("/v1/agent/service/deregister/{service_id}", deregister_service, methods=["PUT"]),
         Route("/v1/agent/service/{service_id}", agent_service, methods=["GET"]),
+        Route("/v1/agent/check/register", register_check, methods=["PUT"]),
+        Route("/v1/agent/check/deregister/{check_id:path}", deregister_check, methods=["PUT"]),
         Route("/v1/agent/check/{op}/{check_id:path}", update_check, methods=["PUT"]),
         Route("/v1/agent/services", agent_services, methods=["GET"]),
         Route("/v1/agent/checks", agent_checks, methods=["GET"]),
         Route("/v1/agent/self", agent_self, methods=["GET"]),
+        Route("/v1/agent/members", agent_members, methods=["GET"]),
         Route("/v1/health/service/{name}", health_service, methods=["GET"]),
         Route("/v1/health/checks/{name}", health_checks, methods=["GET"]),
+        Route("/v1/health/node/{node}", health_node, methods=["GET"]),
         Route("/v1/health/state/{state}", health_state, methods=["GET"]),
         Route("/v1/catalog/services", catalog_services, methods=["GET"]),
         Route("/v1/catalog/service/{name}", catalog_service, methods=["GET"]),
@@ -419,5 +459,6 @@ def create_app(registry: Registry | None = None, *, run_checks: bool = True,
                     exception_handlers={ConsulError: _consul_error, DecodeError: _consul_error,
                                         HTTPException: _http_error})
     app.state.registry = registry
+    app.state.data_dir = data_dir
     app.add_middleware(BodyLimit)
     return app

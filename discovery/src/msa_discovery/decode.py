@@ -14,16 +14,31 @@ from typing import Any
 from .durations import parse_duration
 from .registry import CRITICAL, STATUSES, CheckDefinition, ServiceDefinition
 
-__all__ = ["DecodeError", "service_registration", "fields"]
+__all__ = ["DecodeError", "ScriptChecksDisabled", "service_registration", "check_registration", "fields"]
 
 _META_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+# Script checks ("Args", or "script_args"): refused as Consul refuses them with its default enable_script_checks=false.
+_SCRIPT = ("args", "scriptargs")
 # Check kinds Consul has that this registry does not run: refused rather than silently left critical forever.
-_UNSUPPORTED = ("args", "scriptargs", "script", "grpc", "dockercontainerid", "h2ping", "udp", "aliasservice",
-                "aliasnode", "osservice")
+_UNSUPPORTED = ("script", "grpc", "dockercontainerid", "h2ping", "udp", "aliasservice", "aliasnode", "osservice")
 
 
 class DecodeError(ValueError):
     """A 400 with Consul's wording."""
+
+    status = 400
+
+
+class ScriptChecksDisabled(DecodeError):
+    """A script check sent over the HTTP API. Consul (and `consul agent -dev`) ship with `enable_script_checks`
+    false, and then refuse it after validating it, with this error and a 500 (it is the agent's AddCheck failing,
+    not the decoding). Nothing is registered: neither the check nor, for a service registration, the service."""
+
+    status = 500
+
+    def __init__(self) -> None:
+        super().__init__("Scripts are disabled on this agent from remote calls; to enable, configure "
+                         "'enable_script_checks' to true")
 
 
 def fields(obj: Any, what: str = "body") -> dict[str, Any]:
@@ -57,18 +72,22 @@ def _duration(f: dict[str, Any], key: str) -> float | None:
         raise DecodeError(f"Request decode failed: {e}") from None
 
 
-def _check(raw: Any, check_id: str, service: ServiceDefinition) -> CheckDefinition:
-    f = fields(raw, "check")
+def _check(f: dict[str, Any], check_id: str, name: str, service_id: str | None) -> tuple[CheckDefinition, bool]:
+    """One check's fields (already normalised) -> (its definition, whether it is a script check)."""
     if any(f.get(k) for k in _UNSUPPORTED):
         raise DecodeError("Invalid check: only TTL, HTTP and TCP checks are supported by msa-discovery")
+    script = any(f.get(k) for k in _SCRIPT)
+    if script and not isinstance(f.get("args") or f.get("scriptargs"), list):
+        raise DecodeError("Request decode failed: Args must be a list of strings")
     ttl, interval = _duration(f, "ttl"), _duration(f, "interval")
     http, tcp = _str(f, "http") or None, _str(f, "tcp") or None
+    probed = bool(script or http or tcp)
     # Consul's CheckType.Validate, message for message.
     if interval and ttl:
         raise DecodeError("Invalid check: Interval and TTL cannot both be specified")
-    if (http or tcp) and not interval:
+    if probed and not interval:
         raise DecodeError("Invalid check: Interval must be > 0 for Script, HTTP, H2PING, TCP, UDP or OSService checks")
-    if not (http or tcp) and not (ttl and ttl > 0):
+    if not probed and not (ttl and ttl > 0):
         raise DecodeError("Invalid check: TTL must be > 0 for TTL checks")
     status = _str(f, "status") or CRITICAL
     if status not in STATUSES:
@@ -80,9 +99,9 @@ def _check(raw: Any, check_id: str, service: ServiceDefinition) -> CheckDefiniti
     if http and timeout is None:
         timeout = min(10.0, interval or 10.0)  # Consul: 10s, or the interval if that is shorter
     return CheckDefinition(
-        check_id=_str(f, "checkid") or _str(f, "id") or check_id,
-        name=_str(f, "name") or f"Service '{service.name}' check",
-        service_id=service.id,
+        check_id=check_id,
+        name=name,
+        service_id=service_id,
         ttl=ttl, http=http, tcp=tcp, interval=interval, timeout=timeout or (interval if tcp else None),
         method=_str(f, "method") or "GET",
         header={str(k): [str(x) for x in v] for k, v in header.items()},
@@ -90,7 +109,7 @@ def _check(raw: Any, check_id: str, service: ServiceDefinition) -> CheckDefiniti
         deregister_after=_duration(f, "deregistercriticalserviceafter"),
         notes=_str(f, "notes"),
         initial_status=status,  # type: ignore[arg-type]
-    )
+    ), script
 
 
 def service_registration(body: Any) -> tuple[ServiceDefinition, list[CheckDefinition]]:
@@ -131,4 +150,27 @@ def service_registration(body: Any) -> tuple[ServiceDefinition, list[CheckDefini
     # Consul's ids: "service:<id>" for a lone check, "service:<id>:1", ":2"... when there are several.
     ids = [f"service:{service.id}"] if len(raw_checks) == 1 else \
         [f"service:{service.id}:{i}" for i in range(1, len(raw_checks) + 1)]
-    return service, [_check(raw, cid, service) for raw, cid in zip(raw_checks, ids)]
+    checks = []
+    for raw, default_id in zip(raw_checks, ids):
+        cf = fields(raw, "check")
+        checks.append(_check(cf, _str(cf, "checkid") or _str(cf, "id") or default_id,
+                             _str(cf, "name") or f"Service '{service.name}' check", service.id))
+    if any(script for _, script in checks):  # every check is validated first, as Consul's CheckTypes() does
+        raise ScriptChecksDisabled()
+    return service, [d for d, _ in checks]
+
+
+def check_registration(body: Any) -> tuple[CheckDefinition, bool]:
+    """The body of PUT /v1/agent/check/register -> (the check, whether it is a script check).
+
+    Consul decodes it as a CheckDefinition: the id is `ID` (not `CheckID`, which it ignores there) and defaults to
+    the name; `ServiceID` ties the check to an instance, and without one the check is the node's. The caller checks
+    that the instance exists (a 404) before refusing a script check (a 500), in Consul's order."""
+    f = fields(body)
+    name = _str(f, "name")
+    if not name:
+        raise DecodeError("Missing check name")
+    if (_str(f, "status") or CRITICAL) not in STATUSES:
+        raise DecodeError("Bad check status")
+    service_id = _str(f, "serviceid") or None
+    return _check(f, _str(f, "id") or name, name, service_id)

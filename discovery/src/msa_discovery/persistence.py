@@ -6,7 +6,8 @@ service and check it is given to its data dir (persistService / persistCheck), w
 update (persistCheckState, with `Expires = now + TTL`), and at start loads them back (loadServices / loadChecks).
 We follow those rules:
 
-- every instance and check comes back (with its indexes, so X-Consul-Index stays monotonic);
+- every instance and check comes back (with its indexes, so X-Consul-Index stays monotonic), node-level checks
+  registered through /v1/agent/check/register included;
 - a TTL check gets its last status and output back **only if its TTL had not yet run out** (Consul:
   `if now >= Expires { don't restore }`), and its TTL clock starts afresh from the load, as a restarted Consul
   agent starts a new TTL timer. A TTL that ran out while we were down is not evidence that the instance is alive,
@@ -58,7 +59,7 @@ def snapshot(reg: Registry, wall_now: float) -> dict[str, Any]:
                 for s in reg.services.values() if s.local]
     checks = []
     for c in reg.checks.values():
-        if c.definition.service_id is None:  # the node's own serfHealth: a new process has its own
+        if not c.local:  # the node's own serfHealth: a new process has its own
             continue
         expires = None if c.ttl_deadline is None else wall_now + (c.ttl_deadline - mono_now)
         checks.append({**_shallow(c.definition), "status": c.status, "output": c.output, "expires": expires,
@@ -89,7 +90,7 @@ def restore(reg: Registry, doc: dict[str, Any], wall_now: float) -> dict[str, in
         status, output, expires = d.pop("status"), d.pop("output"), d.pop("expires")
         created, modified = d.pop("create_index"), d.pop("modify_index")
         definition = CheckDefinition(**d)
-        if definition.service_id not in known:
+        if definition.service_id is not None and definition.service_id not in known:
             continue
         if definition.ttl:
             alive = expires is not None and wall_now < expires

@@ -24,7 +24,7 @@ from typing import Literal
 
 __all__ = [
     "PASSING", "WARNING", "CRITICAL", "STATUSES", "Node", "CheckDefinition", "ServiceDefinition",
-    "Service", "Check", "KVEntry", "HealthEntry", "Registry", "UnknownCheck",
+    "Service", "Check", "KVEntry", "HealthEntry", "Registry", "UnknownCheck", "NotATTLCheck",
 ]
 
 Status = Literal["passing", "warning", "critical"]
@@ -37,7 +37,17 @@ log = logging.getLogger("msa_discovery")
 
 
 class UnknownCheck(LookupError):
-    """Raised for a TTL update of a check this agent does not have (so the client knows to re-register)."""
+    """An update or deregistration of a check this agent does not have (a 404, so a client knows to re-register)."""
+
+    def __init__(self, check_id: str) -> None:
+        super().__init__(f'Unknown check ID "{check_id}". Ensure that the check ID is passed, not the check name.')
+
+
+class NotATTLCheck(ValueError):
+    """A TTL update (pass/warn/fail/update) of a check the registry probes itself (HTTP/TCP): a 500 in Consul."""
+
+    def __init__(self, check_id: str) -> None:
+        super().__init__(f'CheckID "{check_id}" does not have associated TTL')
 
 
 @dataclass(frozen=True)
@@ -52,7 +62,7 @@ class Node:
 class CheckDefinition:
     check_id: str
     name: str
-    service_id: str | None  # None for node-level checks (serfHealth)
+    service_id: str | None  # None for node-level checks (serfHealth, or one registered without a ServiceID)
     ttl: float | None = None
     http: str | None = None
     tcp: str | None = None
@@ -110,6 +120,9 @@ class Check:
     modify_index: int
     critical_since: float | None  # clock time it turned critical; drives DeregisterCriticalServiceAfter
     ttl_deadline: float | None  # clock time a TTL check expires unless updated first
+    # False for the catalog-only serfHealth, which the servers keep for each node (Consul's leader writes it from
+    # gossip): it shows in the health endpoints but not in /v1/agent/checks, and cannot be updated or removed there.
+    local: bool = True
 
     @property
     def id(self) -> str:
@@ -166,7 +179,7 @@ class Registry:
         consul = ServiceDefinition(id="consul", name="consul", port=8300, weights={"Passing": 1, "Warning": 1})
         self._put_service(Service(consul, idx, idx, local=False))
         serf = CheckDefinition("serfHealth", "Serf Health Status", None, initial_status=PASSING)
-        self._put_check(Check(serf, PASSING, "Agent alive and reachable", idx, idx, None, None))
+        self._put_check(Check(serf, PASSING, "Agent alive and reachable", idx, idx, None, None, local=False))
 
     def _put_service(self, s: Service) -> None:
         old = self.services.get(s.id)
@@ -197,6 +210,15 @@ class Registry:
             members.discard(member)
             if not members:
                 del index[key]
+
+    def _tables_of(self, service_id: str | None) -> list[str]:
+        """The per-name indexes a change to a check of this owner moves. A node-level check bears on every instance
+        on the node, so it moves every service name's index, as Consul's updateAllServiceIndexesOfNode does: a
+        watcher of any service is woken when, say, a node check turns critical."""
+        if service_id is None:
+            return [f"service.{name}" for name in self._ids_by_name]
+        svc = self.services.get(service_id)
+        return [f"service.{svc.name}"] if svc else []
 
     # -- indexes and waiting ------------------------------------------------------------------------------------
 
@@ -300,11 +322,41 @@ class Registry:
         log.info("%s %s (service %s)", reason, service_id, svc.name)
         return True
 
+    def register_check(self, d: CheckDefinition) -> None:
+        """Add or replace one check (Consul's PUT /v1/agent/check/register): a node-level check when d.service_id
+        is None, else a check of that (existing) instance, beside the ones its registration brought."""
+        if d.service_id is not None and d.service_id not in self.services:
+            raise LookupError(f"ServiceID {d.service_id!r} does not exist")
+        now = self._clock()
+        prev = self.checks.get(d.check_id)
+        tables = {"checks", *self._tables_of(d.service_id)}
+        if prev is not None:
+            tables.update(self._tables_of(prev.definition.service_id))
+        idx = self._write(*tables)
+        # Consul snapshots a known check's state before re-adding it and puts it back after, "to avoid flapping".
+        status, output = (prev.status, prev.output) if prev else (d.initial_status, "")
+        self._put_check(Check(d, status, output, prev.create_index if prev else idx, idx,
+                              critical_since=now if status == CRITICAL else None,
+                              ttl_deadline=now + d.ttl if d.ttl else None))
+        log.info("registered %s check %s (%s) %s", "updated" if prev else "new", d.check_id,
+                 f"service {d.service_id}" if d.service_id else "node", status)
+
+    def deregister_check(self, check_id: str) -> None:
+        """PUT /v1/agent/check/deregister/<id>: any check the agent holds, a service's own included."""
+        c = self.checks.get(check_id)
+        if c is None or not c.local:
+            raise UnknownCheck(check_id)
+        self._write("checks", *self._tables_of(c.definition.service_id))
+        self._drop_check(check_id)
+        log.info("deregistered check %s", check_id)
+
     def update_ttl(self, check_id: str, status: Status, output: str) -> None:
         """A client's heartbeat: PUT /v1/agent/check/pass|warn|fail|update. Restarts the TTL clock."""
         c = self.checks.get(check_id)
-        if c is None or not c.definition.ttl:
-            raise UnknownCheck(f'CheckID "{check_id}" does not have associated TTL')
+        if c is None or not c.local:
+            raise UnknownCheck(check_id)
+        if not c.definition.ttl:
+            raise NotATTLCheck(check_id)
         c.ttl_deadline = self._clock() + c.definition.ttl
         self.revision += 1
         self._set_status(c, status, output)
@@ -320,8 +372,7 @@ class Registry:
         # Unchanged status and output is not a write: TTL heartbeats must not wake every watcher.
         if c.status == status and c.output == output:
             return
-        svc = self.services.get(c.definition.service_id or "")
-        idx = self._write("checks", *([f"service.{svc.name}"] if svc else []))
+        idx = self._write("checks", *self._tables_of(c.definition.service_id))
         if c.status != status:
             log.info("check %s %s -> %s%s", c.id, c.status, status, f": {output}" if output else "")
             c.critical_since = self._clock() if status == CRITICAL else None
@@ -365,7 +416,7 @@ class Registry:
         self.kv.update((e.key, e) for e in kv)
         self._tombstones.update(tombstones)
         names = {f"service.{s.name}" for s in services}
-        self._write("services", "checks", "kvs", "tombstones", *names)
+        self._write("services", "checks", "kvs", "tombstones", *names, *self._tables_of(None))
 
     # -- reads --------------------------------------------------------------------------------------------------
 

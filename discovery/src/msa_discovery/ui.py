@@ -45,25 +45,32 @@ async function refresh(){
       [get("/v1/agent/services"), get("/v1/agent/checks"), get("/v1/agent/self"), get("/v1/kv/?keys")]);
     document.getElementById("idx").textContent = idx;
     document.getElementById("node").textContent = self.Config.NodeName + " (" + self.Member.Addr + ")";
+    // Checks registered without a ServiceID belong to the node: they count for every instance, as in ?passing.
+    const nodeChecks = Object.values(checks).filter(c => !c.ServiceID);
     const byName = {};
     for (const s of Object.values(services)) (byName[s.Service] ??= []).push(s);
     const html = Object.keys(byName).sort().map(name => {
       const rows = byName[name].map(s => {
         const cs = Object.values(checks).filter(c => c.ServiceID === s.ID);
+        const all = nodeChecks.concat(cs);
         const addr = (s.Address || self.Member.Addr) + ":" + s.Port;
-        return `<tr><td>${badge(cs.length ? worst(cs) : "passing")}</td><td><code>${esc(s.ID)}</code></td>
+        return `<tr><td>${badge(all.length ? worst(all) : "passing")}</td><td><code>${esc(s.ID)}</code></td>
           <td><code>${esc(addr)}</code></td><td>${s.Tags.map(t=>`<span class="tag">${esc(t)}</span>`).join("")}</td>
           <td><code>${Object.entries(s.Meta||{}).map(([k,v])=>esc(k)+"="+esc(v)).join("<br>")}</code></td>
           <td>${cs.map(c=>`<div>${badge(c.Status)} <code>${esc(c.CheckID)}</code> <span class="muted">${esc(c.Type)}</span>
             <div class="out">${esc(c.Output)}</div></div>`).join("") || '<span class="muted">no checks</span>'}</td></tr>`;
       }).join("");
-      const up = byName[name].filter(s => Object.values(checks).filter(c => c.ServiceID === s.ID)
+      const up = byName[name].filter(s => nodeChecks.concat(Object.values(checks).filter(c => c.ServiceID === s.ID))
         .every(c => c.Status === "passing")).length;
       return `<section><h2>${esc(name)} <span class="muted">${up}/${byName[name].length} passing</span></h2>
         <table><tr><th>state</th><th>instance id</th><th>address</th><th>tags</th><th>meta</th><th>checks</th></tr>
         ${rows}</table></section>`;
     }).join("");
-    document.getElementById("services").innerHTML = html || '<p class="muted">no services registered</p>';
+    const node = nodeChecks.length ? `<section><h2>node checks <span class="muted">count for every instance</span>
+      </h2><table>${nodeChecks.map(c => `<tr><td>${badge(c.Status)}</td><td><code>${esc(c.CheckID)}</code></td>
+      <td>${esc(c.Name)}</td><td class="muted">${esc(c.Notes)}</td><td><div class="out">${esc(c.Output)}</div></td>
+      </tr>`).join("")}</table></section>` : "";
+    document.getElementById("services").innerHTML = node + (html || '<p class="muted">no services registered</p>');
     document.getElementById("kv").innerHTML = keys && keys.length
       ? "<table>" + keys.map(k => `<tr><td><code>${esc(k)}</code></td></tr>`).join("") + "</table>"
       : '<p class="muted" style="padding:0 12px">empty</p>';

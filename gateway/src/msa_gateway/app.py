@@ -1,7 +1,7 @@
 """The gateway application: a dispatcher in front of two handlers.
 
-The proxy path (`proxy.Proxy`) takes every request except a handful of the gateway's own pages (health, docs,
-the admin API), which a small Starlette app serves — it also owns the lifespan. Starlette's routing would cost
+The proxy path (`proxy.Proxy`) takes every request except a handful of the gateway's own pages (health, metrics,
+docs, the admin API), which a small Starlette app serves — it also owns the lifespan. Starlette's routing would cost
 every proxied request a regex match per route; a set lookup on the path does the job. `Gateway.handle` is what
 the gateway's own server (server.py) calls; `Gateway.__call__` is the same dispatch as an ASGI app.
 """
@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
 import httpx
 from fastapi.openapi.docs import get_swagger_ui_html
 from opentelemetry.instrumentation.httpx import AsyncOpenTelemetryTransport
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -27,6 +29,7 @@ from starlette.types import Message, Receive, Scope, Send
 from msa_kit.admin import add_fault, admin_denied, config_document, faults_document
 from msa_kit.faults import FaultInjection, crash_soon
 from msa_kit.http1 import Http1Transport, Pool
+from msa_kit.metrics import UNMATCHED, exposition, observe_request
 from msa_kit.platform import Platform, PlatformSettings
 from msa_kit.problems import problem
 from msa_kit.resilience import BreakerTransport, ResilientStack
@@ -35,7 +38,7 @@ from msa_kit.settings import ConfigSnapshot
 from msa_kit.tracing import shutdown_tracing
 
 from .accesslog import AccessLog
-from .asgi import Exchange, Headers
+from .asgi import AsgiExchange, Exchange, Headers
 from .auth import JwksVerifier
 from .docs import DocsCache, DocsSection
 from .policy import Cors, CorsSection, security_headers
@@ -71,7 +74,7 @@ def compile_config(section: GatewaySection) -> Config:
                   Cors(section.cors), section.access_log)
 
 
-LOCAL_PATHS = frozenset({"/health", "/gateway/routes", "/admin/config", "/admin/faults", "/admin/crash",
+LOCAL_PATHS = frozenset({"/health", "/metrics", "/gateway/routes", "/admin/config", "/admin/faults", "/admin/crash",
                          "/admin/resilience", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
 
 
@@ -113,7 +116,7 @@ class Gateway:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] not in LOCAL_PATHS and self.proxy is not None:
             if self._faults_on():
-                return await FaultInjection(self.proxy, self.platform.faults)(scope, receive, send)
+                return await self._faulted(scope, receive, send)
             return await self.proxy(scope, receive, send)
         if scope["type"] == "http":
             security = self.config.security
@@ -125,6 +128,31 @@ class Gateway:
 
             return await self.local(scope, receive, send_secure)
         return await self.local(scope, receive, send)
+
+    async def _faulted(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The proxy behind the workshop's faults. What reaches the proxy it counts, timed from here (an injected
+        delay included); an error the fault answers itself is counted here, on the route it would have taken."""
+        assert self.proxy is not None
+        proxy, started, reached, status = self.proxy, time.perf_counter(), False, 0
+
+        async def to_proxy(scope: Scope, receive: Receive, send: Send) -> None:
+            nonlocal reached
+            reached = True
+            await proxy.handle(AsgiExchange(scope, receive, send), started)
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        await FaultInjection(to_proxy, self.platform.faults)(scope, receive, send_status)
+        if not reached and status:
+            conf = self.config
+            route = conf.table.match(scope["method"], scope["path"],
+                                     scope["headers"] if conf.uses_header_predicates else None)
+            observe_request(scope["method"], route.id if route is not None else UNMATCHED, status,
+                            time.perf_counter() - started)
 
     async def apply_routes(self, new: GatewaySettings) -> None:
         """A validated refresh: the next request sees the new generation, requests in flight finish on theirs."""
@@ -177,6 +205,10 @@ class Gateway:
         async def health(_request: Request) -> JSONResponse:
             return JSONResponse({"status": "UP", "instance": self.rt.instance_id})
 
+        async def metrics(_request: Request) -> Response:
+            # The proxy path's guards are the ones to report (platform.resilience only fetches JWKS and docs).
+            return Response(await exposition(platform, self.upstream_stack), media_type=CONTENT_TYPE_LATEST)
+
         def admin(handler):  # type: ignore[no-untyped-def]
             async def guarded(request: Request) -> Response:
                 denied = admin_denied(platform, request.headers.get("authorization"))
@@ -222,7 +254,8 @@ class Gateway:
             return get_swagger_ui_html(openapi_url="/openapi.json", title=self.section.docs.title,
                                        swagger_ui_parameters={"persistAuthorization": True})
 
-        return Starlette(routes=[HttpRoute("/health", health), HttpRoute("/gateway/routes", admin(routes)),
+        return Starlette(routes=[HttpRoute("/health", health), HttpRoute("/metrics", metrics),
+                                 HttpRoute("/gateway/routes", admin(routes)),
                                  HttpRoute("/admin/config", admin(admin_config)),
                                  HttpRoute("/admin/faults", admin(faults), methods=["GET", "POST", "DELETE"]),
                                  HttpRoute("/admin/crash", admin(crash), methods=["POST"]),

@@ -21,6 +21,7 @@ from opentelemetry import propagate
 from starlette.types import Receive, Scope, Send
 
 from msa_kit.http1 import Body, Response
+from msa_kit.metrics import UNMATCHED, observe_request
 from msa_kit.resilience import ServiceUnavailable, UpstreamTimeout
 from msa_kit.tracing import ServerSpans
 
@@ -49,6 +50,7 @@ DROP_REQUEST = HOP_BY_HOP | IDENTITY | {b"host", b"expect", b"traceparent", b"tr
 DROP_RESPONSE = HOP_BY_HOP | {b"date", b"server", b"x-trace-id", b"traceparent"}
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 RETRY_STATUSES = frozenset({502, 503, 504})
+MALFORMED = "malformed"  # the route label of a request refused before routing: unparseable, or a path we won't map
 SMALL_BODY = 65_536  # read at once below this (one receive); stream above
 
 
@@ -95,13 +97,16 @@ class Proxy:
         span.end("invalid request")
         if self.config.access_log and self.access is not None:
             self.access.write("-", "-", None, "", 400, "-", trace_id, 0.0)
+        observe_request("-", MALFORMED, 400, 0.0)  # no method to tell, no time spent that the server measured
         headers: Headers = [*self.config.security, PROBLEM_CONTENT_TYPE]
         if trace_id:
             headers.append((b"x-trace-id", trace_id.encode()))
         return headers, problem_body(400, f"malformed request: {detail}", "", trace_id)
 
-    async def handle(self, ex: Exchange) -> None:
-        started = time.perf_counter()
+    async def handle(self, ex: Exchange, started: float | None = None) -> None:
+        """`started`: when the request came in, if something ran before the proxy (the workshop's faults)."""
+        if started is None:
+            started = time.perf_counter()
         conf = self.config
         method = ex.method
         path = ex.path
@@ -159,9 +164,13 @@ class Proxy:
             else:
                 span.end(f"{method} gateway", {"http.response.status_code": status}, error=status >= 500)
             otel_context.detach(token)
+            elapsed = time.perf_counter() - started
             if conf.access_log and self.access is not None:
                 self.access.write(method, path, route.id if route else None, instance, status, user, trace_id,
-                                  round((time.perf_counter() - started) * 1000, 2))
+                                  round(elapsed * 1000, 2))
+            if status:  # 0: the exchange broke off before an answer (the access log has it), no status to count
+                observe_request(method, route.id if route is not None else MALFORMED if status == 400 else UNMATCHED,
+                                status, elapsed)
 
     async def _forward(self, ex: Exchange, conf: Config, method: str, path: str,
                        fwd: Headers, out: Headers, authz: bytes | None, origin: bytes | None,

@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from opentelemetry import trace
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from pydantic import ValidationError
-from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,6 +24,7 @@ from .admin import add_fault, admin_denied, config_document, faults_document
 from .deadletters import DeadLetters
 from .faults import FaultInjection, HttpFault, crash_soon
 from .logs import setup_logging
+from .metrics import RequestMetrics, exposition
 from .platform import Platform, PlatformSettings
 from .problems import problem
 from .resilience import ServiceUnavailable, UpstreamTimeout
@@ -34,8 +35,6 @@ from .tracing import setup_tracing, shutdown_tracing
 log = logging.getLogger(__name__)
 
 S = TypeVar("S", bound=PlatformSettings)
-
-OUTBOX_BACKLOG = Gauge("msa_outbox_backlog", "Events committed in the outbox and not yet confirmed by the broker")
 
 
 class TraceHeaders:
@@ -194,11 +193,10 @@ def create_service_app(platform: Platform, *, title: str, routers: list[APIRoute
 
     @app.get("/metrics", tags=["operations"], include_in_schema=False)
     async def metrics() -> Response:
-        if platform.relay:
-            OUTBOX_BACKLOG.set(await platform.relay.backlog())
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(await exposition(platform), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(FaultInjection, book=platform.faults)
+    app.add_middleware(RequestMetrics)  # outside the faults: an injected delay or error is timed as clients see it
     app.add_middleware(TraceHeaders)
     # One server span per request: the ASGI "http send"/"http receive" child spans (two or three per request)
     # tell a reader of the trace nothing the server span doesn't, and creating and exporting them cost CPU.

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,6 +137,8 @@ class ServiceWatcher:
         self.recovery_grace_s = recovery_grace_s
         self.instances: list[Instance] = []
         self.stale = False  # true while we serve a set other than the registry's answer (unreachable, or grace)
+        # time.monotonic() of the registry's last answer that the cache took; since the start until one came.
+        self.confirmed_at = time.monotonic()
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -181,6 +185,7 @@ class ServiceWatcher:
                 if instances != self.instances:
                     log.info("%s instances: %s", self.service, [i.id for i in instances] or "none")
                 self.instances, self.stale, backoff = instances, False, 0.2
+                self.confirmed_at = time.monotonic()
                 self._ready.set()
             except asyncio.CancelledError:
                 raise
@@ -192,6 +197,11 @@ class ServiceWatcher:
                 index = None  # after an outage, ask without blocking: the registry may have restarted
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+
+    def cache_age_s(self) -> float:
+        """How old the cached set is: 0 while it is the registry's (a blocking query in flight keeps it so: it
+        returns at once on a change), else the seconds since the registry last confirmed it."""
+        return time.monotonic() - self.confirmed_at if self.stale else 0.0
 
     async def stop(self) -> None:
         if self._task:
@@ -206,6 +216,11 @@ class Discovery:
     def __init__(self, client: consul.aio.Consul) -> None:
         self.client = client
         self._watchers: dict[str, ServiceWatcher] = {}
+
+    @property
+    def watchers(self) -> Mapping[str, ServiceWatcher]:
+        """The services watched so far, to read (`watch` adds one)."""
+        return self._watchers
 
     def watch(self, service: str) -> ServiceWatcher:
         watcher = self._watchers.get(service)

@@ -17,9 +17,11 @@ from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
 import aio_pika
+import aiormq.abc
 from aio_pika.abc import AbstractIncomingMessage
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
+from prometheus_client import Counter
 from pydantic import BaseModel, Field, ValidationError
 
 from .runtime import Runtime
@@ -27,6 +29,12 @@ from .runtime import Runtime
 log = logging.getLogger(__name__)
 
 ATTEMPT_HEADER = "x-msa-attempt"
+
+DELIVERIES = Counter("msa_consumer_deliveries", "Events consumed, by outcome: ack (handled), retry (sent to the "
+                     "retry queue), dead_letter", ["event_type", "outcome"])
+REDELIVERIES = Counter("msa_consumer_redeliveries", "Deliveries of an event that are not its first (redelivered by "
+                       "the broker, or back from the retry queue)", ["event_type"])
+UNKNOWN_TYPE = "unknown"  # the event type of a message that does not parse
 
 
 class CloudEvent(BaseModel):
@@ -84,9 +92,16 @@ class EventBus:
         self._task: asyncio.Task[None] | None = None
         self.subscriptions: dict[str, Handler] = {}
         self._on_connect: list[Callable[[aio_pika.abc.AbstractRobustConnection], Awaitable[None]]] = []
+        self._inspect: aiormq.abc.AbstractChannel | None = None  # for queue_depths only
+        self._inspecting = asyncio.Lock()  # one inspection at a time: two scrapes would open two channels
 
     def subscribe(self, event_type: str, handler: Handler) -> None:
         self.subscriptions[event_type] = handler
+        # Every outcome's series at 0 from the start (here, per process: not at import, which supervisord's
+        # preload would share with programs that consume nothing): a dashboard has a line before the first retry.
+        for outcome in ("ack", "retry", "dead_letter"):
+            DELIVERIES.labels(event_type, outcome)
+        REDELIVERIES.labels(event_type)
 
     def on_connect(self, fn: Callable[[aio_pika.abc.AbstractRobustConnection], Awaitable[None]]) -> None:
         """Other users of the process's one broker connection (e.g. the config bus) set up here."""
@@ -164,8 +179,13 @@ class EventBus:
         try:
             event = CloudEvent.model_validate_json(message.body)
         except ValidationError as exc:
+            if message.redelivered or attempt > 1:
+                REDELIVERIES.labels(UNKNOWN_TYPE).inc()
             await self._dead_letter(message, f"unparseable: {exc.errors()[0]['msg']}", attempt)
+            DELIVERIES.labels(UNKNOWN_TYPE, "dead_letter").inc()
             return
+        if message.redelivered or attempt > 1:
+            REDELIVERIES.labels(event.type).inc()
         handler = self.subscriptions.get(event.type)
         try:
             if handler is None:
@@ -175,13 +195,16 @@ class EventBus:
             reason = f"{type(exc).__name__}: {exc}"
             if attempt >= self.max_attempts or isinstance(exc, (LookupError, PoisonMessage)):
                 await self._dead_letter(message, reason, attempt)
+                DELIVERIES.labels(event.type, "dead_letter").inc()
                 return
             delay_ms = min(100 * 2 ** (attempt - 1), 10_000)
             log.warning("%s %s failed (attempt %d/%d, retry in %d ms): %s",
                         event.type, event.id, attempt, self.max_attempts, delay_ms, reason)
             await self._republish(message, self.names.retry_queue, attempt, expiration_ms=delay_ms)
+            DELIVERIES.labels(event.type, "retry").inc()
             return
         await message.ack()
+        DELIVERIES.labels(event.type, "ack").inc()
 
     async def _republish(self, message: AbstractIncomingMessage, queue: str, attempt: int, *,
                          expiration_ms: int | None = None, extra: dict[str, Any] | None = None) -> None:
@@ -201,6 +224,32 @@ class EventBus:
         log.error("dead-lettering message %s after %d attempt(s): %s", message.message_id, attempt, reason)
         await self._republish(message, self.names.dlq, attempt,
                               extra={"x-msa-reason": reason[:500], "x-msa-original-routing-key": message.routing_key})
+
+    async def queue_depths(self, timeout_s: float = 1.0) -> dict[str, int]:
+        """Messages waiting in this service's queues, by role: main, retry, dlq. Empty when the broker does not
+        answer within `timeout_s` (or is not connected): a caller such as /metrics must answer anyway."""
+        names = {"main": self.names.queue, "retry": self.names.retry_queue, "dlq": self.names.dlq}
+        try:
+            async with asyncio.timeout(timeout_s), self._inspecting:
+                channel = await self._inspection_channel()
+                return {role: (await channel.queue_declare(queue, passive=True)).message_count or 0
+                        for role, queue in names.items()}
+        except Exception as exc:  # timed out, closed, refused, not connected: all mean "not known now"
+            log.debug("queue depths unavailable: %s", exc or type(exc).__name__)
+            return {}
+
+    async def _inspection_channel(self) -> aiormq.abc.AbstractChannel:
+        """A bare aiormq channel of the connection, for passive declares. Not the bus's channel: a passive declare
+        of a missing queue, or an RPC cut short by a timeout, closes its channel, and that one publishes and
+        consumes. Not an aio-pika channel either: its robust re-declare would remember the queues. Opened again
+        when closed (by the broker, or with the connection: aio-pika's reconnect makes a new one)."""
+        channel = self._inspect
+        if channel is None or channel.is_closed:
+            transport = self.connection.transport if self.connection is not None else None
+            if transport is None:
+                raise ConnectionError("not connected to the broker")
+            channel = self._inspect = await transport.connection.channel()
+        return channel
 
     async def close(self) -> None:
         if self._task:

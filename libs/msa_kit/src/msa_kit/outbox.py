@@ -222,9 +222,15 @@ class OutboxRelay:
                        asyncio.create_task(self._mark_forever(), name="outbox-marker")]
 
     async def backlog(self) -> int:
+        return (await self.unsent())[0]
+
+    async def unsent(self) -> tuple[int, float | None]:
+        """The rows not yet confirmed by the broker: how many, and the oldest one's `created_at` (None: none)."""
+        o = self.outbox
         async with self.engine.connect() as conn:
-            return (await conn.execute(
-                sa.select(sa.func.count()).select_from(self.outbox).where(self.outbox.c.sent_at.is_(None)))).scalar_one()
+            count, oldest = (await conn.execute(
+                sa.select(sa.func.count(), sa.func.min(o.c.created_at)).where(o.c.sent_at.is_(None)))).one()
+        return count, oldest
 
     def settled(self) -> bool:
         """Nothing handed over, in flight or waiting to be marked (for tests and operators)."""

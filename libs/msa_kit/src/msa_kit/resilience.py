@@ -33,13 +33,16 @@ log = logging.getLogger(__name__)
 # would spread one outage to every caller of the messenger — the cascade breakers exist to prevent.
 FAILURE_STATUSES = frozenset({500, 502, 504})
 
+# `instance`: the one the balancer picked, so the counter shows how calls spread over a service's instances.
 ATTEMPTS = Counter("msa_client_attempts", "Calls sent to an instance of a service (retries and failovers included)",
-                   ["service"])
+                   ["service", "instance"])
 RETRIES = Counter("msa_client_retries", "Calls retried within the retry budget", ["service"])
+RETRIES_REFUSED = Counter("msa_client_retries_refused", "Retries the retry budget refused", ["service"])
 EJECTIONS = Counter("msa_outlier_ejections", "Instances ejected after consecutive failures", ["service", "instance"])
 BULKHEAD_REJECTIONS = Counter("msa_bulkhead_rejections", "Calls refused at once by a full bulkhead", ["service"])
 BREAKER_TRANSITIONS = Counter("msa_breaker_transitions", "Circuit breaker state changes", ["service", "to"])
 BREAKER_STATE = Gauge("msa_breaker_state", "Circuit breaker per service: 0 closed, 1 half-open, 2 open", ["service"])
+BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
 
 class HasStatus(Protocol):
     @property
@@ -80,7 +83,7 @@ class BalancingTransport(httpx.AsyncBaseTransport):
         self._strategy_for = strategy_for or (lambda _service: "round_robin")
         self._weighted: dict[tuple[str, tuple[tuple[str, int], ...]], WeightedVersions] = {}
         self.in_flight: dict[str, int] = {}  # instance id → calls in flight (least_outstanding reads it)
-        self._attempts: dict[str, Any] = {}
+        self._attempts: dict[tuple[str, str], Any] = {}
 
     def _strategy(self, service: str, version: str = "") -> Strategy:
         # Asked on every call, so a strategy changed in config applies to the very next request. One per version
@@ -128,15 +131,21 @@ class BalancingTransport(httpx.AsyncBaseTransport):
             candidates = available
         # Canary weights: a gateway route's own, else the service's from config (loadbalancing.weights).
         weights = weights or self.weights_for(service)
-        attempts = self._attempts.get(service)
-        if attempts is None:  # labels() takes a lock and hashes: once per service, not per call
-            attempts = self._attempts[service] = ATTEMPTS.labels(service)
+        counted = self._attempts
         last: Exception | None = None
         # A refused connection never reached the service, so trying the next instance is safe for any method.
         while candidates:
             pool = self._versions(service, weights).pick(candidates) if weights else candidates
             version = pool[0].meta.get("version", "v1") if weights else ""
             instance = self._strategy(service, version).choose(pool)
+            attempts = counted.get((service, instance.id))
+            if attempts is None:  # labels() takes a lock and hashes: once per instance, not per call
+                attempts = counted[(service, instance.id)] = ATTEMPTS.labels(service, instance.id)
+                # The counters of what may happen to it start at 0, so a dashboard has a series (and rate() a
+                # first point) before the first ejection or retry, as Prometheus' instrumentation guide asks.
+                EJECTIONS.labels(service, instance.id)
+                RETRIES.labels(service)
+                RETRIES_REFUSED.labels(service)
             attempts.inc()
             in_flight = self.in_flight
             in_flight[instance.id] = in_flight.get(instance.id, 0) + 1
@@ -194,7 +203,7 @@ def _raiser(exc: BaseException) -> Callable[[], None]:
 class _LogListener(pybreaker.CircuitBreakerListener):
     def state_change(self, cb: pybreaker.CircuitBreaker, old_state, new_state) -> None:  # type: ignore[no-untyped-def]
         log.warning("circuit breaker %s: %s -> %s", cb.name, old_state.name if old_state else None, new_state.name)
-        BREAKER_STATE.labels(cb.name).set({"closed": 0, "half-open": 1, "open": 2}.get(new_state.name, 0))
+        BREAKER_STATE.labels(cb.name).set(BREAKER_STATES.get(new_state.name, 0))
         BREAKER_TRANSITIONS.labels(cb.name, new_state.name).inc()
 
 
@@ -220,6 +229,8 @@ class BreakerTransport(httpx.AsyncBaseTransport):
             cb = self.breakers[service] = pybreaker.CircuitBreaker(
                 fail_max=p.fail_max, reset_timeout=p.reset_timeout_s, name=service, listeners=[_LogListener()],
                 exclude=[lambda e: isinstance(e, ServiceUnavailable) and e.reason.startswith("no passing")])
+            # Before its first transition too: "closed" is worth a series, or a dashboard cannot tell it from absent.
+            BREAKER_STATE.labels(service).set(BREAKER_STATES.get(cb.current_state, 0))
         return cb
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -309,12 +320,12 @@ class RetryTransport(httpx.AsyncBaseTransport):
                 if response.status_code not in (502, 503, 504):
                     return response
                 retry_for, failed = str(response.status_code), response.extensions.get("msa.instance", "")
-                if not (replayable and attempt < policy.max_retries and budget.try_retry()):
+                if not self._may_retry(service, budget, policy, replayable, attempt):
                     return response
                 await response.aclose()
             except (UpstreamTimeout, httpx.ReadError, httpx.RemoteProtocolError) as exc:
                 failed = exc.instance if isinstance(exc, UpstreamTimeout) else ""
-                if not (replayable and attempt < policy.max_retries and budget.try_retry()):
+                if not self._may_retry(service, budget, policy, replayable, attempt):
                     raise
                 retry_for = type(exc).__name__
             attempt += 1
@@ -322,6 +333,15 @@ class RetryTransport(httpx.AsyncBaseTransport):
             RETRIES.labels(service).inc()
             log.info("retrying %s %s (%s), attempt %d", request.method, service, retry_for, attempt + 1)
             await full_jitter_sleep(attempt, policy.backoff_ms)
+
+    @staticmethod
+    def _may_retry(service: str, budget: RetryBudget, policy: RetryPolicy, replayable: bool, attempt: int) -> bool:
+        if not (replayable and attempt < policy.max_retries):
+            return False
+        if budget.try_retry():
+            return True
+        RETRIES_REFUSED.labels(service).inc()  # the budget, not the policy, said no: a storm averted
+        return False
 
     async def aclose(self) -> None:
         await self.inner.aclose()
@@ -336,6 +356,7 @@ class BulkheadTransport(httpx.AsyncBaseTransport):
         bulkhead = self.bulkheads.get(service)
         if bulkhead is None:
             bulkhead = self.bulkheads[service] = Bulkhead(lambda: self.limit(service))
+            BULKHEAD_REJECTIONS.labels(service)  # a series at 0 from the first call, not from the first rejection
         return bulkhead
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -399,7 +420,7 @@ class ResilientStack:
         for svc in sorted(services):
             cb = self.breaker.breakers.get(svc)
             bulkhead = self.transport.bulkheads.get(svc)  # type: ignore[attr-defined]
-            watcher = self.discovery._watchers.get(svc)
+            watcher = self.discovery.watchers.get(svc)
             out[svc] = {
                 "instances": [i.id for i in watcher.instances] if watcher else [],
                 "discovery_stale": bool(watcher and watcher.stale),

@@ -10,6 +10,7 @@ from msa_kit.platform import Platform, PlatformSettings
 from msa_kit.runtime import Runtime
 from msa_kit.settings import ConfigSnapshot
 
+from .adapters import metrics
 from .adapters.clients import CatalogClient
 from .adapters.repository import SqlOrderUnitOfWork, metadata
 from .entrypoints import events
@@ -26,6 +27,7 @@ class OrderSettings(PlatformSettings):
 
 
 def build_app(rt: Runtime, config: ConfigSnapshot, settings: OrderSettings) -> FastAPI:
+    metrics.create_series()
     platform = Platform(rt, config, settings, metadata=metadata, uow_class=SqlOrderUnitOfWork)
     events.subscribe(platform)
     app = create_service_app(platform, title="order", routers=[router])

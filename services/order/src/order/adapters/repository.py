@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any, Callable
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -20,6 +21,8 @@ orders = sa.Table(
     sa.Column("reason", sa.String(500)),
     sa.Column("lines", sa.Text, nullable=False),
     sa.Column("idempotency_key", sa.String(200)),
+    # A synthetic transaction's order (the probe's): kept so every figure can leave it out.
+    sa.Column("synthetic", sa.Boolean, nullable=False, default=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.UniqueConstraint("user_id", "idempotency_key", name="one_order_per_idempotency_key"),
 )
@@ -31,7 +34,7 @@ class SqlOrderRepository:
 
     def _order(self, row: sa.Row) -> Order:
         order = Order(row.id, row.user_id, [OrderLine(**line) for line in json.loads(row.lines)], row.status,
-                      row.reason, row.idempotency_key)
+                      row.reason, row.idempotency_key, synthetic=bool(row.synthetic))
         self.seen.append(order)
         return order
 
@@ -39,7 +42,7 @@ class SqlOrderRepository:
         await self.conn.execute(orders.insert().values(
             id=order.id, user_id=order.user_id, status=order.status, reason=order.reason,
             lines=json.dumps([vars(line) for line in order.lines]), idempotency_key=order.idempotency_key,
-            created_at=time.time()))
+            synthetic=order.synthetic, created_at=time.time()))
         self.seen.append(order)
 
     async def get(self, order_id: str) -> Order | None:
@@ -62,7 +65,29 @@ class SqlOrderRepository:
 
 
 class SqlOrderUnitOfWork(SqlUnitOfWork):
+    """The orders' transaction, with callbacks run once it committed: what must only count a change that really
+    happened (a metric) registers here. An event handler's transaction is committed by the kit's inbox, after the
+    handler returned, and may be rolled back and applied again (a batch where another event failed); callbacks of a
+    transaction that rolls back are dropped."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._after_commit: list[Callable[[], None]] = []
+
     async def __aenter__(self) -> "SqlOrderUnitOfWork":
         await super().__aenter__()
         self.orders = SqlOrderRepository(self.conn, self.seen)
         return self
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        self._after_commit.append(fn)
+
+    async def commit(self) -> None:
+        await super().commit()
+        done, self._after_commit = self._after_commit, []
+        for fn in done:
+            fn()
+
+    async def rollback(self) -> None:
+        self._after_commit.clear()
+        await super().rollback()

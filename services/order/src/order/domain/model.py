@@ -27,6 +27,9 @@ class OrderPlaced:
     user_id: str
     lines: list[dict[str, Any]]
     total_cents: int
+    # Placed by a synthetic probe (X-Synthetic-Transaction: true), not a customer. An added field: consumers that
+    # don't know it ignore it (the catalog's OrderPlacedV1 does).
+    synthetic: bool = False
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class Order:
     status: str = PENDING
     reason: str | None = None
     idempotency_key: str | None = None
+    synthetic: bool = False  # a synthetic transaction's order (a probe's): business figures leave it out
     events: list[Any] = field(default_factory=list)
 
     def aggregate_id(self) -> str:
@@ -78,14 +82,16 @@ class Order:
         return sum(line.quantity * line.unit_price_cents for line in self.lines)
 
     @classmethod
-    def place(cls, user_id: str, lines: list[OrderLine], idempotency_key: str | None = None) -> "Order":
+    def place(cls, user_id: str, lines: list[OrderLine], idempotency_key: str | None = None, *,
+              synthetic: bool = False) -> "Order":
         if not lines:
             raise InvalidOrder("items", "an order needs at least one item")
         for i, line in enumerate(lines):
             if line.quantity <= 0:
                 raise InvalidOrder(f"items[{i}].quantity", "must be greater than 0")
-        order = cls(str(uuid.uuid4()), user_id, lines, idempotency_key=idempotency_key)
-        order.events.append(OrderPlaced(order.id, user_id, [vars(line) for line in lines], order.total_cents))
+        order = cls(str(uuid.uuid4()), user_id, lines, idempotency_key=idempotency_key, synthetic=synthetic)
+        order.events.append(OrderPlaced(order.id, user_id, [vars(line) for line in lines], order.total_cents,
+                                        synthetic))
         return order
 
     def confirm(self) -> None:

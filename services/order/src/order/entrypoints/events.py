@@ -8,6 +8,7 @@ from pydantic import BaseModel
 
 from msa_kit.platform import Platform
 
+from ..adapters import metrics
 from ..service_layer import services
 
 
@@ -21,11 +22,17 @@ class StockRejectedV1(BaseModel):
 
 
 async def on_stock_reserved(event: StockReservedV1, uow: Any) -> None:
-    await services.stock_reserved(uow, event.order_id)
+    order = await services.stock_reserved(uow, event.order_id)
+    if order is not None:  # this answer moved the order: count it once the inbox has committed the change
+        synthetic = order.synthetic
+        uow.after_commit(lambda: metrics.saga_outcome("confirmed", synthetic))
 
 
 async def on_stock_rejected(event: StockRejectedV1, uow: Any) -> None:
-    await services.stock_rejected(uow, event.order_id, event.reason)
+    order = await services.stock_rejected(uow, event.order_id, event.reason)
+    if order is not None:
+        synthetic = order.synthetic
+        uow.after_commit(lambda: metrics.saga_outcome("rejected", synthetic))
 
 
 def subscribe(platform: Platform) -> None:

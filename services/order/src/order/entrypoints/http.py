@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from msa_kit.identity import CurrentCaller
 from msa_kit.problems import problem
 
+from ..adapters import metrics
 from ..adapters.clients import UserClient
 from ..domain.model import CannotCancel, InvalidOrder, Order
 from ..service_layer import services
@@ -41,22 +42,30 @@ class OrderOut(BaseModel):
     reason: str | None = None
     lines: list[LineOut]
     total_cents: int
+    synthetic: bool = False  # placed by a synthetic transaction (X-Synthetic-Transaction: true), not a customer
 
 
 def _out(order: Order) -> dict:
     return {"id": order.id, "user_id": order.user_id, "status": order.status, "reason": order.reason,
-            "lines": [vars(line) for line in order.lines], "total_cents": order.total_cents}
+            "lines": [vars(line) for line in order.lines], "total_cents": order.total_cents,
+            "synthetic": order.synthetic}
+
+
+def is_synthetic(header: str | None) -> bool:
+    """`X-Synthetic-Transaction: true` marks a synthetic probe's order (the gateway forwards the header as is)."""
+    return (header or "").strip().lower() == "true"
 
 
 @router.post("/orders", status_code=201, response_model=OrderOut)
 async def place_order(body: PlaceOrder, caller: CurrentCaller, request: Request, response: Response,
-                      idempotency_key: Annotated[str | None, Header(max_length=200)] = None):
+                      idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+                      x_synthetic_transaction: Annotated[str | None, Header(max_length=16)] = None):
     platform = request.app.state.platform
     items = [services.Item(i.sku, i.quantity) for i in body.items]
     try:
         order, created = await services.place_order(
             platform.uow(), platform.uow(read_only=True), UserClient(platform.http), request.app.state.prices,
-            caller.user_id, items, idempotency_key)
+            caller.user_id, items, idempotency_key, synthetic=is_synthetic(x_synthetic_transaction))
     except InvalidOrder as exc:
         return problem(422, "Invalid order", f"{exc.field}: {exc}", instance="/orders",
                        errors=[{"field": exc.field, "message": str(exc)}])
@@ -68,7 +77,9 @@ async def place_order(body: PlaceOrder, caller: CurrentCaller, request: Request,
     except httpx.HTTPStatusError as exc:
         return problem(502, "Dependency failed", f"{exc.request.url.host} answered {exc.response.status_code}",
                        instance="/orders")
-    if not created:
+    if created:  # committed by the service layer; a replay of an earlier key is not a new order
+        metrics.order_placed(order.synthetic)
+    else:
         response.status_code = 200
     return _out(order)
 
@@ -92,9 +103,11 @@ async def list_orders(caller: CurrentCaller, request: Request):
 async def cancel_order(order_id: str, caller: CurrentCaller, request: Request):
     try:
         async with request.app.state.platform.uow() as uow:
-            order = await services.cancel_order(uow, caller.user_id, order_id)
+            order, cancelled = await services.cancel_order(uow, caller.user_id, order_id)
     except CannotCancel as exc:
         raise HTTPException(409, str(exc)) from None
     if order is None:
         raise HTTPException(404, f"no order {order_id}")
+    if cancelled:  # committed now, not a repeated cancel
+        metrics.saga_outcome("cancelled", order.synthetic)
     return _out(order)

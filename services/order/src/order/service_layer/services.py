@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from ..domain.model import InvalidOrder, Order, OrderLine
+from ..domain.model import PENDING, InvalidOrder, Order, OrderLine
 from .ports import OrderUnitOfWork, PriceList, UserDirectory
 
 
@@ -23,9 +23,11 @@ class Item:
 
 
 async def place_order(uow: OrderUnitOfWork, reads: OrderUnitOfWork, users: UserDirectory, catalog: PriceList,
-                      user_id: str, items: list[Item], idempotency_key: str | None = None) -> tuple[Order, bool]:
-    """Returns the order and whether it was created now (False: an earlier request with the same key).
-    `reads` is a read-only unit of work: looking a key up never waits for, or holds, the database's one writer."""
+                      user_id: str, items: list[Item], idempotency_key: str | None = None, *,
+                      synthetic: bool = False) -> tuple[Order, bool]:
+    """Returns the order and whether it was created (and committed) now (False: an earlier request with the same
+    key). `reads` is a read-only unit of work: looking a key up never waits for, or holds, the database's one writer.
+    `synthetic`: a synthetic transaction's order (a probe's), kept apart in the figures."""
     if idempotency_key:
         async with reads:
             earlier = await reads.orders.by_idempotency_key(user_id, idempotency_key)
@@ -38,7 +40,8 @@ async def place_order(uow: OrderUnitOfWork, reads: OrderUnitOfWork, users: UserD
     for i, item in enumerate(items):
         if item.sku not in prices:
             raise InvalidOrder(f"items[{i}].sku", f"no product with sku {item.sku!r}")
-    order = Order.place(user_id, [OrderLine(it.sku, it.quantity, prices[it.sku]) for it in items], idempotency_key)
+    order = Order.place(user_id, [OrderLine(it.sku, it.quantity, prices[it.sku]) for it in items], idempotency_key,
+                        synthetic=synthetic)
     async with uow:
         if idempotency_key:  # a concurrent request with the same key may have won the race meanwhile
             earlier = await uow.orders.by_idempotency_key(user_id, idempotency_key)
@@ -46,29 +49,38 @@ async def place_order(uow: OrderUnitOfWork, reads: OrderUnitOfWork, users: UserD
                 return earlier, False
         await uow.orders.add(order)
         await uow.commit()
-    log.info("order %s placed: %d line(s), %d cents", order.id, len(order.lines), order.total_cents)
+    log.info("order %s placed: %d line(s), %d cents%s", order.id, len(order.lines), order.total_cents,
+             " (synthetic)" if synthetic else "")
     return order, True
 
 
-async def cancel_order(uow: OrderUnitOfWork, user_id: str, order_id: str) -> Order | None:
+async def cancel_order(uow: OrderUnitOfWork, user_id: str, order_id: str) -> tuple[Order | None, bool]:
+    """The order (None: no such order of this user's) and whether this call cancelled it (False: it already was)."""
     order = await uow.orders.get(order_id)
     if order is None or order.user_id != user_id:
-        return None
+        return None, False
+    before = order.status
     order.cancel()
     await uow.orders.save(order)
     await uow.commit()
+    return order, order.status != before
+
+
+async def stock_reserved(uow: OrderUnitOfWork, order_id: str) -> Order | None:
+    """The order if this answer confirmed it; None if there is no such order or it was already decided."""
+    order = await uow.orders.get(order_id)
+    if order is None or order.status != PENDING:
+        return None
+    order.confirm()
+    await uow.orders.save(order)
     return order
 
 
-async def stock_reserved(uow: OrderUnitOfWork, order_id: str) -> None:
+async def stock_rejected(uow: OrderUnitOfWork, order_id: str, reason: str) -> Order | None:
+    """The order if this answer rejected it; None if there is no such order or it was already decided."""
     order = await uow.orders.get(order_id)
-    if order is not None:
-        order.confirm()
-        await uow.orders.save(order)
-
-
-async def stock_rejected(uow: OrderUnitOfWork, order_id: str, reason: str) -> None:
-    order = await uow.orders.get(order_id)
-    if order is not None:
-        order.reject(reason)
-        await uow.orders.save(order)
+    if order is None or order.status != PENDING:
+        return None
+    order.reject(reason)
+    await uow.orders.save(order)
+    return order
