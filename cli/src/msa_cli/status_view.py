@@ -141,7 +141,8 @@ def probe_line(doc: dict[str, Any] | None, now: float | None = None) -> str:
     """One line on the probe's last synthetic transaction (rich markup)."""
     if doc is None:
         return "probe: [yellow]not answering[/]"
-    counts = f"{doc.get('runs', 0)} runs, {doc.get('failures', 0)} failed"
+    runs = doc.get("runs", 0)
+    counts = f"{runs} run{'' if runs == 1 else 's'}, {doc.get('failures', 0)} failed"
     if not doc.get("enabled", True):
         return f"probe: paused (probe.enabled is false in config-repo/probe.yml; {counts})"
     if not doc.get("finished_at"):

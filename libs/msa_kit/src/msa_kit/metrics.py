@@ -52,9 +52,6 @@ DISCOVERY_STALE = Gauge("msa_discovery_stale", "1 while the discovery cache serv
                         "just confirm (registry unreachable, or the recovery grace)", ["service"])
 DISCOVERY_CACHE_AGE = Gauge("msa_discovery_cache_age_seconds", "Seconds since the registry last confirmed the "
                             "cached instances; 0 while it does", ["service"])
-OUTBOX_BACKLOG = Gauge("msa_outbox_backlog", "Events committed in the outbox and not yet confirmed by the broker")
-OUTBOX_OLDEST_AGE = Gauge("msa_outbox_oldest_age_seconds", "Age of the oldest event not yet confirmed by the broker; "
-                          "0 when none")
 QUEUE_MESSAGES = Gauge("msa_queue_messages", "Messages waiting in this service's queues", ["queue"])
 # `config_version`, not `version`: the scrape target has a `version` label already (the instance's code version).
 CONFIG = Info("msa_config", "The configuration this instance runs: its version and where it came from")
@@ -176,6 +173,20 @@ def client_gauges(stack: ResilientStack) -> None:
         DISCOVERY_CACHE_AGE.labels(service).set(watcher.cache_age_s())
 
 
+_outbox: tuple[Gauge, Gauge] | None = None
+
+
+def _outbox_gauges() -> tuple[Gauge, Gauge]:
+    """Made on the first scrape of a process that has an outbox, not at import: unlabelled gauges made at import
+    would show a backlog of 0 on the gateway and the probe, which have no outbox at all."""
+    global _outbox
+    if _outbox is None:
+        _outbox = (Gauge("msa_outbox_backlog", "Events committed in the outbox and not yet confirmed by the broker"),
+                   Gauge("msa_outbox_oldest_age_seconds",
+                         "Age of the oldest event not yet confirmed by the broker; 0 when none"))
+    return _outbox
+
+
 async def outbox_gauges(relay: OutboxRelay) -> None:
     try:
         async with asyncio.timeout(SCRAPE_TIMEOUT_S):
@@ -183,8 +194,9 @@ async def outbox_gauges(relay: OutboxRelay) -> None:
     except Exception as exc:  # the database away or slow: keep the last values, answer the scrape
         log.debug("metrics: outbox not read (%s)", exc or type(exc).__name__)
         return
-    OUTBOX_BACKLOG.set(count)
-    OUTBOX_OLDEST_AGE.set(max(0.0, time.time() - oldest) if oldest is not None else 0)
+    backlog, oldest_age = _outbox_gauges()
+    backlog.set(count)
+    oldest_age.set(max(0.0, time.time() - oldest) if oldest is not None else 0)
 
 
 async def queue_gauges(bus: EventBus) -> None:
