@@ -131,14 +131,15 @@ def msa(stack: Stack, *args: str, ok: bool = True) -> str:
     from typer.testing import CliRunner
 
     from msa_cli import app as app_module
+    from msa_cli import context
 
     spec = stack.topology.spec
-    saved = app_module.build_topology
-    app_module.build_topology = lambda: Topology(spec)
+    saved = context.build_topology
+    context.build_topology = lambda: Topology(spec)
     try:
         result = CliRunner().invoke(app_module.app, list(args))
     finally:
-        app_module.build_topology = saved
+        context.build_topology = saved
     if ok:
         assert result.exit_code == 0, f"msa {' '.join(args)} exited {result.exit_code}: {result.output}"
     return result.output

@@ -76,15 +76,27 @@ def kit_imports(path: Path) -> set[str]:
     return found
 
 
-def test_the_kits_modules_import_each_other_in_one_direction_only():
-    """Each kit module holds one idea and no two need each other (a late import would hide a circle)."""
-    graph = {p.stem: kit_imports(p) - {p.stem} for p in KIT.glob("*.py")}
+def import_circles(package: Path) -> list[str]:
+    """The modules of a package that reach themselves through its own imports, late (in-function) ones included."""
+    graph = {p.stem: kit_imports(p) - {p.stem} for p in package.glob("*.py")}
 
     def reaches(start: str, goal: str, seen: set[str]) -> bool:
         return any(n == goal or (n not in seen and reaches(n, goal, seen | {n})) for n in graph.get(start, ()))
 
-    circles = sorted(m for m in graph if reaches(m, m, {m}))
+    return sorted(m for m in graph if reaches(m, m, {m}))
+
+
+def test_the_kits_modules_import_each_other_in_one_direction_only():
+    """Each kit module holds one idea and no two need each other (a late import would hide a circle)."""
+    circles = import_circles(KIT)
     assert not circles, f"kit modules in an import circle: {circles}"
+
+
+def test_the_cli_commands_share_context_not_app():
+    """app.py gathers the commands; they share msa_cli.context, and none reaches back into app.py."""
+    cli = ROOT / "cli/src/msa_cli"
+    assert not import_circles(cli), f"cli modules in an import circle: {import_circles(cli)}"
+    assert {"context"} <= kit_imports(cli / "chaos.py") & kit_imports(cli / "canary.py")
 
 
 def test_sql_is_only_the_database_adapter():

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from msa_cli import Topology, app as app_module
+from msa_cli import Topology, app as app_module, context
 from msa_cli.preflight import port_in_use
 
 runner = CliRunner()
@@ -16,7 +16,7 @@ runner = CliRunner()
 @pytest.fixture
 def fake_topology(tmp_path: Path, fake_spec, monkeypatch) -> Topology:
     topo = Topology(fake_spec(tmp_path / "var"))
-    monkeypatch.setattr(app_module, "build_topology", lambda: Topology(topo.spec))
+    monkeypatch.setattr(context, "build_topology", lambda: Topology(topo.spec))
     yield topo
     topo.down()
 
@@ -57,7 +57,7 @@ def test_status_when_nothing_runs_says_so(fake_topology: Topology):
 
 def test_up_with_no_broker_fails_cleanly(tmp_path: Path, fake_spec, monkeypatch):
     spec = fake_spec(tmp_path / "var", require_broker=True, amqp_url="amqp://guest:s3cret@127.0.0.1:1/")
-    monkeypatch.setattr(app_module, "build_topology", lambda: Topology(spec))
+    monkeypatch.setattr(context, "build_topology", lambda: Topology(spec))
     result = runner.invoke(app_module.app, ["up"])
     assert result.exit_code == 1
     assert isinstance(result.exception, SystemExit)  # a message, not a traceback

@@ -343,8 +343,9 @@ def test_as_msa_logs_the_msa_options_count(var: Path, fake_docker: Path, monkeyp
     """`msa --var-dir X logs`, `msa --target compose logs`: the line for app.py, on a group of its own here (the
     real app stays as it is), with the real app's callback."""
     from msa_cli import app as app_module
+    from msa_cli import context
 
-    monkeypatch.setattr(app_module, "_state", dict(app_module._state))
+    monkeypatch.setattr(context, "state", dict(context.state))
     monkeypatch.delenv("MSA_TARGET")
     msa = typer.Typer()
     msa.callback()(app_module._options)

@@ -23,6 +23,7 @@ import httpx
 import typer
 from rich.table import Table
 
+from . import context
 from .compose import ComposeTopology
 from .runner import Topology, TopologyError, render_config
 from .spec import Program, TopologySpec, free_ports
@@ -33,9 +34,7 @@ canary = typer.Typer(help="Run an extra instance of a service under another vers
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
 
 
-def _app():  # late import: app.py imports this module
-    from . import app
-    return app
+
 
 
 def canary_program(topo: Topology, service: str, version: str, port: int | None = None) -> Program:
@@ -134,13 +133,13 @@ def start_command(service: Annotated[str, typer.Argument(help="e.g. catalog")],
                   port: Annotated[int | None, typer.Option(help="[default: a free port]")] = None) -> None:
     """Start one more instance of a service as `version` (e.g. catalog-v2). A gateway route with `weights` sends it
     only its version's share; a route without them balances over every passing instance, the canary included."""
-    topo = _app().build_topology()
+    topo = context.build_topology()
     try:
-        with _app().console.status(f"Starting {service}-{version}…"):
+        with context.console.status(f"Starting {service}-{version}…"):
             program = start_canary(topo, service, version, port)
     except TopologyError as exc:
-        raise _app().fail(str(exc)) from None
-    _app().console.print(
+        raise context.fail(str(exc)) from None
+    context.console.print(
         f"{program.name} passing at {program.url} (version {version}). Its share of a gateway route is the route's "
         f"`weights` in config-repo/gateway.yml (e.g. `weights: {{v1: 90, {version}: 10}}` on the `{service}` route; "
         "then POST /actuator/busrefresh on the config server). `msa canary stop` removes it.", soft_wrap=True)
@@ -150,22 +149,22 @@ def start_command(service: Annotated[str, typer.Argument(help="e.g. catalog")],
 def stop_command(name: Annotated[str | None, typer.Argument(help="e.g. catalog-v2 [default: every canary]")] = None
                  ) -> None:
     """Stop a canary instance (it deregisters at once) and remove it."""
-    topo = _app().build_topology()
+    topo = context.build_topology()
     try:
         names = [name] if name else running(topo)
         for n in names:
             stop_canary(topo, n)
-            _app().console.print(f"{n} stopped and removed")
+            context.console.print(f"{n} stopped and removed")
     except TopologyError as exc:
-        raise _app().fail(str(exc)) from None
+        raise context.fail(str(exc)) from None
     if not names:
-        _app().console.print("No canary is running.")
+        context.console.print("No canary is running.")
 
 
 @canary.command("list")
 def list_command() -> None:
     """Every registered instance of every service with its version, and the canaries' supervisord state."""
-    topo = _app().build_topology()
+    topo = context.build_topology()
     try:
         if isinstance(topo, ComposeTopology):
             extra = topo.canary_states()
@@ -189,5 +188,5 @@ def list_command() -> None:
             if n not in listed:
                 table.add_row("", n, "", "", f"{state} (not passing)")
     except (TopologyError, httpx.HTTPError) as exc:
-        raise _app().fail(f"cannot list: {exc}") from None
-    _app().console.print(table)
+        raise context.fail(f"cannot list: {exc}") from None
+    context.console.print(table)

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from msa_faultproxy.client import FaultProxyClient, FaultProxyError
 
+from . import context
 from .runner import Topology, TopologyError
 from .spec import Program
 
@@ -28,9 +29,7 @@ Probability = Annotated[float, typer.Option(min=0.0, max=1.0, help="share of mat
 OUTAGE_PROGRAMS = ("discovery", "config-server")
 
 
-def _app():  # late import: app.py imports this module
-    from . import app
-    return app
+
 
 
 def targets(topo: Topology, service: str, instance: str | None) -> list[Program]:
@@ -40,34 +39,34 @@ def targets(topo: Topology, service: str, instance: str | None) -> list[Program]
         known = ", ".join(p.name for p in topo.spec.programs if service in p.registers)
         what = f"instance {instance!r} of {service!r} (its instances: {known})" if known and instance \
             else f"service {service!r} (one of: {', '.join(services)})"
-        raise _app().fail(f"No {what}.")
+        raise context.fail(f"No {what}.")
     return chosen
 
 
 def _admin(method: str, program: Program, path: str, *, absent_ok: bool = False, **kwargs: Any
            ) -> httpx.Response | None:
     """Call an instance's admin API; `absent_ok`: None when it has no such endpoint (the gateway has no fault API)."""
-    headers = {"Authorization": f"Bearer {_app().admin_token()}"}
+    headers = {"Authorization": f"Bearer {context.admin_token()}"}
     try:
         r = httpx.request(method, program.url + path, headers=headers, timeout=5, **kwargs)
     except httpx.HTTPError as exc:
-        status = "`msa --target compose status`" if _app().target() == "compose" else "`make status`"
-        raise _app().fail(f"{program.name} is not answering at {program.url} ({type(exc).__name__}); "
+        status = "`msa --target compose status`" if context.target() == "compose" else "`make status`"
+        raise context.fail(f"{program.name} is not answering at {program.url} ({type(exc).__name__}); "
                           f"is the sandbox up? {status}") from None
     if r.status_code == 404 and absent_ok:
         return None
     if r.status_code >= 400:
         detail = r.json().get("detail", r.text) if r.headers.get("content-type", "").endswith("json") else r.text
-        raise _app().fail(f"{program.name} refused: {r.status_code} {detail}")
+        raise context.fail(f"{program.name} refused: {r.status_code} {detail}")
     return r
 
 
 def _inject(service: str, instance: str | None, fault: dict[str, Any]) -> None:
-    topo = _app().build_topology()
+    topo = context.build_topology()
     for program in targets(topo, service, instance):
         body = {**fault, "instance": program.name}
         added = _admin("POST", program, "/admin/faults", json=body).json()
-        _app().console.print(f"{program.name}: {fault['kind']} fault {added['id']} injected")
+        context.console.print(f"{program.name}: {fault['kind']} fault {added['id']} injected")
 
 
 @chaos.command()
@@ -99,25 +98,25 @@ def crash(service: str, instance: Instance = None,
     """Crash instances; supervisord (compose: `restart: unless-stopped`) restarts them (auto-recovery is the lesson).
     In compose, --kill is `docker compose kill`, which the engine counts as a manual stop: no restart until
     `msa chaos heal` (or `docker compose start`)."""
-    topo = _app().build_topology()
+    topo = context.build_topology()
     for program in targets(topo, service, instance):
         if kill:
             try:
                 pid = topo.kill(program.name)
             except TopologyError as exc:
-                raise _app().fail(str(exc)) from None
-            if _app().is_compose(topo):
+                raise context.fail(str(exc)) from None
+            if context.is_compose(topo):
                 service_name = topo.service(program.name)
-                _app().console.print(
+                context.console.print(
                     f"{program.name}: SIGKILL sent (`docker compose kill -s KILL {service_name}`"
                     + (f", pid {pid}" if pid > 0 else "") + "); the engine counts a kill as a manual stop, so "
                     f"compose does not restart it: `msa --target compose chaos heal` or "
                     f"`docker compose start {service_name}` does", soft_wrap=True)
                 continue
-            _app().console.print(f"{program.name}: SIGKILL sent to pid {pid}")
+            context.console.print(f"{program.name}: SIGKILL sent to pid {pid}")
         else:
             _admin("POST", program, "/admin/crash")
-            _app().console.print(f"{program.name}: crashing")
+            context.console.print(f"{program.name}: crashing")
 
 
 @chaos.command()
@@ -126,13 +125,13 @@ def cut(target: Annotated[str, typer.Argument(help="broker")],
         ) -> None:
     """Cut the network between the services and RabbitMQ (in the fault proxy; the broker is untouched)."""
     if target != "broker":
-        raise _app().fail(f"Can cut: broker (not {target!r}). For discovery or config-server: `msa chaos stop`.")
+        raise context.fail(f"Can cut: broker (not {target!r}). For discovery or config-server: `msa chaos stop`.")
     proxy(lambda p: p.disable("rabbitmq"))
-    _app().console.print("broker link cut: services lose their AMQP connections; orders still land in the outbox")
+    context.console.print("broker link cut: services lose their AMQP connections; orders still land in the outbox")
     if seconds:
         time.sleep(seconds)
         proxy(lambda p: p.enable("rabbitmq"))
-        _app().console.print(f"broker link restored after {seconds:g} s")
+        context.console.print(f"broker link restored after {seconds:g} s")
 
 
 @chaos.command("broker-latency")
@@ -141,7 +140,7 @@ def broker_latency(ms: Annotated[int, typer.Option(min=1, max=60_000)],
     """Slow the link to RabbitMQ both ways."""
     for stream in ("upstream", "downstream"):
         proxy(lambda p: p.add_toxic("rabbitmq", "latency", {"latency": ms, "jitter": jitter}, stream=stream))
-    _app().console.print(f"broker link: +{ms} ms each way")
+    context.console.print(f"broker link: +{ms} ms each way")
 
 
 @chaos.command("broker-toxic")
@@ -152,40 +151,40 @@ def broker_toxic(kind: Annotated[str, typer.Argument(help="bandwidth | reset_pee
     try:
         attributes = {k: int(v) for k, v in (a.split("=", 1) for a in attribute)}
     except ValueError:
-        raise _app().fail(f"attributes are name=number, e.g. rate=50 (got {' '.join(attribute)!r})") from None
+        raise context.fail(f"attributes are name=number, e.g. rate=50 (got {' '.join(attribute)!r})") from None
     added = proxy(lambda p: p.add_toxic("rabbitmq", kind, attributes, stream=stream))
-    _app().console.print(f"broker link: {added['name']} {added['attributes']} ({stream})")
+    context.console.print(f"broker link: {added['name']} {added['attributes']} ({stream})")
 
 
 @chaos.command()
 def stop(program: Annotated[str, typer.Argument(help="discovery or config-server")]) -> None:
     """An infrastructure outage: stop discovery or the config server (services keep what they cached)."""
     if program not in OUTAGE_PROGRAMS:
-        raise _app().fail(f"Can stop: {', '.join(OUTAGE_PROGRAMS)} (for services: `msa chaos crash`).")
+        raise context.fail(f"Can stop: {', '.join(OUTAGE_PROGRAMS)} (for services: `msa chaos crash`).")
     try:
-        topo = _app().build_topology()
+        topo = context.build_topology()
         topo.stop(program)
     except TopologyError as exc:
-        raise _app().fail(str(exc)) from None
-    _app().console.print(f"{program} stopped" + _as_container(topo, program))
+        raise context.fail(str(exc)) from None
+    context.console.print(f"{program} stopped" + _as_container(topo, program))
 
 
 @chaos.command()
 def start(program: Annotated[str, typer.Argument(help="discovery or config-server")]) -> None:
     """End an outage started with `msa chaos stop`."""
     if program not in OUTAGE_PROGRAMS:
-        raise _app().fail(f"Can start: {', '.join(OUTAGE_PROGRAMS)}.")
+        raise context.fail(f"Can start: {', '.join(OUTAGE_PROGRAMS)}.")
     try:
-        topo = _app().build_topology()
+        topo = context.build_topology()
         topo.start(program)
     except TopologyError as exc:
-        raise _app().fail(str(exc)) from None
-    _app().console.print(f"{program} started" + _as_container(topo, program))
+        raise context.fail(str(exc)) from None
+    context.console.print(f"{program} started" + _as_container(topo, program))
 
 
 def _as_container(topo: Topology, program: str) -> str:
     """ (the consul container)" in compose mode, where the program runs under another service name."""
-    if not _app().is_compose(topo) or topo.service(program) == program:
+    if not context.is_compose(topo) or topo.service(program) == program:
         return ""
     return f" (the {topo.service(program)} container)"
 
@@ -193,7 +192,7 @@ def _as_container(topo: Topology, program: str) -> str:
 def stopped_infrastructure(topo: Topology) -> list[str]:
     """What heal restarts and list shows as stopped: discovery and the config server; in compose every program
     whose container is down (a `docker compose kill` is not restarted by compose)."""
-    if _app().is_compose(topo):
+    if context.is_compose(topo):
         return topo.stopped()
     return [name for name in OUTAGE_PROGRAMS if topo.pid(name) is None]
 
@@ -201,7 +200,7 @@ def stopped_infrastructure(topo: Topology) -> list[str]:
 @chaos.command("list")
 def list_faults() -> None:
     """Every fault in force: per instance, in the broker link, and stopped infrastructure."""
-    topo = _app().build_topology()
+    topo = context.build_topology()
     table = Table(title="faults in force", title_justify="left")
     for col in ("where", "fault", "scope"):
         table.add_column(col)
@@ -225,18 +224,18 @@ def list_faults() -> None:
         for name in stopped_infrastructure(topo):
             table.add_row(name, "stopped", "")
     except TopologyError as exc:
-        raise _app().fail(str(exc)) from None
-    _app().console.print(table if table.rows else "No fault in force.")
+        raise context.fail(str(exc)) from None
+    context.console.print(table if table.rows else "No fault in force.")
 
 
 @chaos.command()
 def heal(timeout: Annotated[float, typer.Option(help="seconds to wait for everything to pass again")] = 30.0) -> None:
     """Remove every fault, restore the broker link, restart stopped infrastructure; wait until all is passing."""
-    topo = _app().build_topology()
+    topo = context.build_topology()
     try:
         for name in stopped_infrastructure(topo):
             topo.start(name)
-            _app().console.print(f"{name} started")
+            context.console.print(f"{name} started")
         proxy(lambda p: p.reset())
         healed = 0
         deadline = time.monotonic() + timeout
@@ -253,11 +252,11 @@ def heal(timeout: Annotated[float, typer.Option(help="seconds to wait for everyt
         topo.wait_ready(max(1.0, deadline - time.monotonic()))
         while unready := not_ready(topo):  # e.g. still reconnecting to the broker after a cut
             if time.monotonic() > deadline:
-                raise _app().fail(f"not ready after {timeout:g} s (GET /ready): {', '.join(unready)}")
+                raise context.fail(f"not ready after {timeout:g} s (GET /ready): {', '.join(unready)}")
             time.sleep(0.2)
     except TopologyError as exc:
-        raise _app().fail(str(exc)) from None
-    _app().console.print(f"[green]Healed[/]: {healed} fault(s) removed, broker link restored, every instance passing "
+        raise context.fail(str(exc)) from None
+    context.console.print(f"[green]Healed[/]: {healed} fault(s) removed, broker link restored, every instance passing "
                          "and ready.")
 
 
@@ -277,7 +276,7 @@ def not_ready(topo: Topology) -> list[str]:
 
 def proxy(action: Callable[[FaultProxyClient], Awaitable[Any]]) -> Any:
     """Run one action against the fault proxy (its client lives in this call's event loop)."""
-    url = _app().build_topology().spec.env.get("FAULTPROXY_URL", "http://127.0.0.1:8474")
+    url = context.build_topology().spec.env.get("FAULTPROXY_URL", "http://127.0.0.1:8474")
 
     async def go() -> Any:
         async with FaultProxyClient(url) as client:
@@ -286,4 +285,4 @@ def proxy(action: Callable[[FaultProxyClient], Awaitable[Any]]) -> Any:
     try:
         return asyncio.run(go())
     except (FaultProxyError, httpx.HTTPError) as exc:
-        raise _app().fail(f"the fault proxy at {url} refused or is not answering: {exc}") from None
+        raise context.fail(f"the fault proxy at {url} refused or is not answering: {exc}") from None

@@ -11,19 +11,18 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from . import logview
+from . import context, logview
 from .spec import default_spec
 
 __all__ = ["logs"]
 
 
 def _msa_option(ctx: typer.Context, key: str) -> str | Path | None:
-    """`msa --var-dir …/--target …` when run as `msa logs` (app.py's callback keeps them); None when run alone (then
-    the app's state, if it is imported at all, belongs to some other invocation)."""
+    """`msa --var-dir …/--target …` when run as `msa logs` (app.py's callback keeps them in context.state); None
+    when run alone (then that state, if set at all, belongs to some other invocation)."""
     if ctx.parent is None:
         return None
-    app = sys.modules.get("msa_cli.app")
-    return getattr(app, "_state", {}).get(key) if app is not None else None
+    return context.state.get(key)
 
 
 def logs(

@@ -11,6 +11,7 @@ import httpx
 import typer
 from rich.console import Console
 
+from . import context
 from . import traces as tr
 
 __all__ = ["trace", "choose", "JAEGER_URL"]
@@ -27,14 +28,11 @@ def choose(found: list[tr.Trace], *, slowest: bool = False, errors: bool = False
 
 def _target_and_var_dir(var_dir: Path | None) -> tuple[str, Path | None]:
     """The target (`msa --target`, else $MSA_TARGET) and, for local, the var dir: --var-dir, else the topology's
-    (`msa --var-dir`, $MSA_VAR_DIR, <repo>/var). Imported lazily: app.py imports every command, and tests replace
-    app.build_topology."""
-    from . import app as app_module
-
-    target = app_module.target()
+    (`msa --var-dir`, $MSA_VAR_DIR, <repo>/var)."""
+    target = context.target()
     if target == "compose" or var_dir is not None:
         return target, var_dir
-    return target, Path(app_module.build_topology().spec.var_dir)  # type: ignore[union-attr]
+    return target, Path(context.build_topology().spec.var_dir)  # type: ignore[union-attr]
 
 
 def trace(
