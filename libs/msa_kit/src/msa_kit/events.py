@@ -35,6 +35,9 @@ DELIVERIES = Counter("msa_consumer_deliveries", "Events consumed, by outcome: ac
 REDELIVERIES = Counter("msa_consumer_redeliveries", "Deliveries of an event that are not its first (redelivered by "
                        "the broker, or back from the retry queue)", ["event_type"])
 UNKNOWN_TYPE = "unknown"  # the event type of a message that does not parse
+# A confirm that never comes (its channel lost mid-publish while the connection was being restored) must end as a
+# failure the relay retries, not hold the relay's publishing task, and every event handed to it, until shutdown.
+PUBLISH_TIMEOUT_S = 5.0
 
 
 class CloudEvent(BaseModel):
@@ -170,7 +173,7 @@ class EventBus:
                 aio_pika.Message(envelope.encode(), content_type="application/cloudevents+json",
                                  message_id=event_id, type=event_type,
                                  delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                routing_key=event_type, mandatory=True)
+                routing_key=event_type, mandatory=True, timeout=PUBLISH_TIMEOUT_S)
         finally:
             otel_context.detach(token)
 
