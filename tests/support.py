@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from msa_cli.runner import Topology
 from msa_cli.spec import DEMO_ADMIN_TOKEN, Ports
@@ -188,3 +189,18 @@ def _status(url: str, method: str = "GET") -> int:
         return httpx.request(method, url, timeout=5).status_code
     except httpx.HTTPError:
         return 0
+
+
+def metric(stack: Stack, program: str, name: str, default: float | None = None, **labels: str) -> float:
+    """A sample of one program's /metrics as Prometheus would read it (prometheus_client's parser): the sum of the
+    samples named `name` whose labels include `labels` (attempts carry the picked instance too, say). Fails when no
+    sample matches, unless a `default` is given (a counter read before its first event): a series that is gone
+    reads as a failure, not as a 0 that may pass."""
+    r = httpx.get(stack.topology.url(program) + "/metrics", timeout=5)
+    r.raise_for_status()
+    found = [s.value for family in text_string_to_metric_families(r.text) for s in family.samples
+             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
+    if not found and default is not None:
+        return default
+    assert found, f"{program}'s /metrics has no {name}{labels or ''}"
+    return sum(found)

@@ -10,10 +10,9 @@ import uuid
 from collections import Counter
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 import pytest
 
-from support import Api, Stack
+from support import Api, Stack, metric
 from test_config_refresh import edited, refresh, wait_for
 from test_workshop_01_kill_an_instance import ADMIN, resilience
 from test_workshop_02_slow_dependency import CATALOG, heal_faults, inject
@@ -52,21 +51,14 @@ def test_round_robin_splits_evenly_and_a_strategy_switch_applies_live(stack: Sta
     wait_for(lambda: resilience(stack, "gateway")["catalog"]["strategy"] == "round_robin", what="round robin back")
 
 
-def metric(stack: Stack, program: str, name: str, service: str) -> float:
-    """A counter of one instance toward one target service, summed over its other labels (attempts carry the
-    instance the balancer picked), read with prometheus_client's parser."""
-    text = httpx.get(stack.topology.url(program) + "/metrics").text
-    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
-               if s.name == f"{name}_total" and s.labels.get("service") == service)
-
-
 def test_a_failing_dependency_never_sees_a_retry_storm(stack: Stack, api: Api):
     fresh = f"STORM-{uuid.uuid4().hex[:6]}"  # no order instance has a price for it: no fallback, every call counts
     httpx.put(stack.topology.url("catalog-1") + f"/admin/products/{fresh}", headers=ADMIN,
               json={"name": fresh, "price_cents": 1, "stock": 10}).raise_for_status()
     orders = ("order-1", "order-2")
-    before = {p: (metric(stack, p, "msa_client_attempts", "catalog"), metric(stack, p, "msa_client_retries", "catalog"))
-              for p in orders}
+    # 0 before an instance's first call to catalog: its counters do not exist yet.
+    before = {p: (metric(stack, p, "msa_client_attempts_total", 0, service="catalog"),
+                  metric(stack, p, "msa_client_retries_total", 0, service="catalog")) for p in orders}
     inject(stack, CATALOG, {"kind": "error", "status": 503, "route": "/products"})  # 503: retryable, not a breaker failure
     requests = 100
     started = time.monotonic()
@@ -77,8 +69,8 @@ def test_a_failing_dependency_never_sees_a_retry_storm(stack: Stack, api: Api):
     # The budget is a sliding window (10 s). A run that takes longer (a busy machine) gets each window's allowance,
     # and a request can count in two windows.
     windows = math.ceil((time.monotonic() - started) / 10.0)
-    attempts = sum(metric(stack, p, "msa_client_attempts", "catalog") - before[p][0] for p in orders)
-    retries = sum(metric(stack, p, "msa_client_retries", "catalog") - before[p][1] for p in orders)
+    attempts = sum(metric(stack, p, "msa_client_attempts_total", service="catalog") - before[p][0] for p in orders)
+    retries = sum(metric(stack, p, "msa_client_retries_total", service="catalog") - before[p][1] for p in orders)
     settings = stack.admin("order-1")["settings"]["retry"]
     budget = (settings["budget_ratio"] * requests * min(windows, 2)
               + settings["min_retries_per_s"] * 10 * windows * len(orders))

@@ -9,9 +9,8 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from support import Stack, assert_healed, msa
+from support import Stack, assert_healed, metric, msa
 from test_config_refresh import edited, refresh, wait_for
 
 pytestmark = pytest.mark.integration
@@ -23,24 +22,13 @@ ENABLED = f"---\nprobe: {{enabled: true, period_s: {PERIOD_S:g}}}\n"
 PROBE_USER, PROBE_PASSWORD = "synthetic-probe", "synthetic-probe-demo-password"  # probe.yml's, under the demo key
 
 
-def metric(url: str, name: str, **labels: str) -> float:
-    """One sample of a program's /metrics (0 when absent)."""
-    text = httpx.get(url, timeout=5).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return 0.0
-
-
 def probe_metric(stack: Stack, name: str, **labels: str) -> float:
-    return metric(stack.topology.url("probe") + "/metrics", name, **labels)
+    return metric(stack, "probe", name, **labels)
 
 
 def orders_metric(stack: Stack, name: str, **labels: str) -> float:
     """Summed over every order instance (one placed the order, either may have consumed the catalog's answer)."""
-    return sum(metric(p.url + "/metrics", name, **labels) for p in stack.topology.spec.programs
-               if "order" in p.registers)
+    return sum(metric(stack, p.name, name, **labels) for p in stack.topology.spec.programs if "order" in p.registers)
 
 
 def probe_doc(stack: Stack) -> dict:

@@ -14,9 +14,8 @@ import uuid
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from support import Api, Stack, assert_healed, msa
+from support import Api, Stack, assert_healed, metric, msa
 from test_config_refresh import edited, refresh, wait_for
 from test_workshop_01_kill_an_instance import ADMIN, resilience
 from test_workshop_02_slow_dependency import close_breakers, priced_everywhere, timed
@@ -27,14 +26,6 @@ pytestmark = pytest.mark.integration
 def pct(samples: list[float], p: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
-
-
-def breaker_metric(stack: Stack, program: str, target: str) -> float:
-    """msa_breaker_state{service=<target>} of one instance, as Prometheus reads it from /metrics (2 open)."""
-    r = httpx.get(stack.topology.url(program) + "/metrics", timeout=5)
-    r.raise_for_status()
-    return next(s.value for family in text_string_to_metric_families(r.text) for s in family.samples
-                if s.name == "msa_breaker_state" and s.labels.get("service") == target)
 
 
 def test_an_error_storm_opens_the_breaker_fails_fast_and_one_probe_recovers(stack: Stack, api: Api):
@@ -62,7 +53,7 @@ def test_an_error_storm_opens_the_breaker_fails_fast_and_one_probe_recovers(stac
             reads = [timed(lambda: api.http.get(f"/api/orders/{order_id}", headers=api.auth)) for _ in range(10)]
             me = [timed(lambda: api.http.get("/api/users/me", headers=api.auth)) for _ in range(10)]
             problem = api.place([{"sku": fresh, "quantity": 1}])
-            metric_open = [breaker_metric(stack, p, "catalog") for p in ("order-1", "order-2")]
+            metric_open = [metric(stack, p, "msa_breaker_state", service="catalog") for p in ("order-1", "order-2")]
         finally:
             msa(stack, "chaos", "heal")
         healed_at = time.monotonic()
@@ -72,7 +63,7 @@ def test_an_error_storm_opens_the_breaker_fails_fast_and_one_probe_recovers(stac
         recovered_s = time.monotonic() - healed_at
         close_breakers(stack, api, known)
         states = [resilience(stack, p)["catalog"]["breaker"]["state"] for p in ("order-1", "order-2")]
-        metric_closed = [breaker_metric(stack, p, "catalog") for p in ("order-1", "order-2")]
+        metric_closed = [metric(stack, p, "msa_breaker_state", service="catalog") for p in ("order-1", "order-2")]
     assert_healed(stack)
     print(f"\nbreaker open: fresh-SKU placements {[s for s, _ in fast][:3]}… p50 {statistics.median(m for _, m in fast):.1f}"
           f" ms p99 {pct([m for _, m in fast], 99):.1f} ms; fallback placements {[s for s, _ in fallback][:3]}…; "
