@@ -40,6 +40,7 @@ RUN printf '%s\n' \
         /app/cli/src \
         /app/faultproxy/src \
         /app/probe/src \
+        /app/console/src \
         > /opt/venv/lib/python3.11/site-packages/msa-sandbox.pth
 
 # ---- runtime: the slim base, the venv, the sources; no compiler, no pip cache, no uv ---------------------------
@@ -47,7 +48,7 @@ FROM base AS runtime
 ARG VERSION=dev
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="msa-sandbox" \
-      org.opencontainers.image.description="msa-sandbox's Python programs (config server, user, catalog, order, gateway, probe): pick one with the command, e.g. python -m catalog" \
+      org.opencontainers.image.description="msa-sandbox's Python programs (config server, user, catalog, order, gateway, probe, console): pick one with the command, e.g. python -m catalog" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.base.name="python:3.11.13-slim-bookworm"
@@ -82,10 +83,11 @@ COPY services/order/src services/order/src
 COPY cli/src cli/src
 COPY faultproxy/src faultproxy/src
 COPY probe/src probe/src
+COPY console/src console/src
 # Compiled once here: the non-root user cannot write __pycache__ under /app, and each start would recompile.
 # The import check fails the build if the .pth or a dependency is wrong, rather than the first container start.
 RUN python -m compileall -q -j 0 /app \
- && python -c "import msa_kit.healthcheck, msa_config_server, msa_gateway, msa_probe, user, catalog, order"
+ && python -c "import msa_kit.healthcheck, msa_config_server, msa_gateway, msa_probe, msa_console, user, catalog, order"
 
 USER 10001:10001
 

@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SRC_DIRS := libs/msa_kit/src discovery/src config-server/src gateway/src services/user/src services/catalog/src services/order/src cli/src faultproxy/src probe/src
+SRC_DIRS := libs/msa_kit/src discovery/src config-server/src gateway/src services/user/src services/catalog/src services/order/src cli/src faultproxy/src probe/src console/src
 
 .PHONY: help install up down status logs test test-unit bench bench-quick lock clean
 .DEFAULT_GOAL := help

@@ -2,23 +2,25 @@
 # The Debian tools deploy/tests run, installed when missing (`make test` calls this first): promtool (package
 # prometheus) checks prometheus.yml with Prometheus's own parser; initdb and psql (package postgresql) run the
 # compose stack's database init script against a throwaway server. Their packages ship servers that an install
-# would start: a policy-rc.d answering 101 ("action forbidden") keeps every service stopped meanwhile.
+# would start: a policy-rc.d answering 101 ("action forbidden") keeps every service stopped meanwhile. chromium
+# (Debian's, not a browser Playwright downloads) is what tests/test_console_browser.py drives.
 # Not root, or no apt-get: say what is missing; the tests then fail naming it.
 set -uo pipefail
 missing=()
 command -v promtool >/dev/null || missing+=(prometheus)
 { ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v psql >/dev/null; } || missing+=(postgresql)
+command -v chromium >/dev/null || missing+=(chromium)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
-  echo "deploy/tests need Debian packages: ${missing[*]} (apt-get install --no-install-recommends ${missing[*]})"
+  echo "the tests need Debian packages: ${missing[*]} (apt-get install --no-install-recommends ${missing[*]})"
   exit 0
 fi
-echo "installing ${missing[*]} for deploy/tests (no service started)"
+echo "installing ${missing[*]} for the tests (no service started)"
 policy=/usr/sbin/policy-rc.d
 [ ! -e "$policy" ] || mv "$policy" "$policy.msa-test"
 printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy"
 { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
-    >/dev/null; } || echo "could not install ${missing[*]}: deploy/tests will say what is missing"
+    >/dev/null; } || echo "could not install ${missing[*]}: the tests will say what is missing"
 rm -f "$policy"
 [ ! -e "$policy.msa-test" ] || mv "$policy.msa-test" "$policy"
 exit 0

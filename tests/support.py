@@ -96,6 +96,15 @@ class Api:
         self.token = r.json()["access_token"]
         return self
 
+    def log_in_as_admin(self) -> "Api":
+        """The `admin` user (config-repo/user.yml `admins`): its token carries the admin role."""
+        r = self.http.post("/api/users", json={"username": "admin", "password": "admin-Passw0rd"})
+        assert r.status_code in (201, 409), r.text
+        r = self.http.post("/api/auth/token", data={"username": "admin", "password": "admin-Passw0rd"})
+        assert r.status_code == 200, r.text
+        self.token = r.json()["access_token"]
+        return self
+
     @property
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}

@@ -50,10 +50,28 @@ def test_services_never_import_each_other(service):
 
 
 def test_the_kit_never_imports_a_service_or_a_server():
-    servers = set(SERVICES) | {"msa_gateway", "msa_discovery", "msa_config_server", "msa_cli"}
+    servers = set(SERVICES) | {"msa_gateway", "msa_discovery", "msa_config_server", "msa_cli", "msa_probe",
+                               "msa_console", "msa_faultproxy"}
     for path in files("libs/msa_kit/src/**/*.py"):
         bad = imports(path) & servers
         assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_the_console_sees_the_system_only_through_its_apis():
+    """No service's or server's code in the console: what it shows comes over HTTP (registry, /metrics, admin
+    APIs, the fault proxy's API, the trace readers of `msa trace`), as it would for any operator's tool."""
+    allowed = {"msa_faultproxy.client", "msa_cli.traces"}
+    forbidden = set(SERVICES) | {"msa_gateway", "msa_discovery", "msa_config_server", "msa_probe", "msa_cli",
+                                 "msa_faultproxy"}
+    paths = files("console/src/**/*.py")
+    assert paths
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            for name in names:
+                if name.split(".")[0] in forbidden and name not in allowed:
+                    raise AssertionError(f"{path.relative_to(ROOT)} imports {name}")
 
 
 def test_the_rules_see_the_code():

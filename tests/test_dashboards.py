@@ -180,7 +180,7 @@ def test_every_dashboard_metric_has_a_sample_and_every_grouping_label_exists(pro
                 series = relabel(job.get("metric_relabel_configs", []), merged)
                 if series is not None:
                     exported.setdefault(name, []).append(series)
-    assert serving == {"user", "catalog", "order", "gateway", "probe"}, \
+    assert serving == {"user", "catalog", "order", "gateway", "probe", "console"}, \
         f"/metrics is served by {serving}: update prometheus.yml's keep"
 
     missing, ungrouped, unmatched = [], [], []

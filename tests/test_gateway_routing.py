@@ -204,11 +204,7 @@ def test_identity_headers_sent_by_a_client_are_stripped(stack: Stack, api: Api):
 
 def test_admin_routes_need_the_admin_role(stack: Stack, api: Api):
     me = api.http.get("/api/users/me", headers=api.auth).json()
-    admin = Api(stack.gateway)
-    r = admin.http.post("/api/users", json={"username": "admin", "password": "admin-Passw0rd"})
-    assert r.status_code in (201, 409)
-    admin.token = admin.http.post("/api/auth/token", data={"username": "admin", "password": "admin-Passw0rd"}
-                                  ).json()["access_token"]
+    admin = Api(stack.gateway).log_in_as_admin()
     assert admin.http.get(f"/api/admin/users/{me['id']}", headers=admin.auth).json() == me
 
 

@@ -59,7 +59,7 @@ def test_programs_ports_and_urls_come_from_the_compose_file():
     assert spec.discovery == "discovery" and spec.discovery_url == "http://127.0.0.1:8500"
     assert topo.service("discovery") == "consul" and topo.service("faultproxy") == "toxiproxy"
     assert spec.env["FAULTPROXY_URL"] == "http://127.0.0.1:8474"
-    assert spec.expected == {"user": 1, "catalog": 2, "order": 2, "gateway": 1, "probe": 1}
+    assert spec.expected == {"user": 1, "catalog": 2, "order": 2, "gateway": 1, "probe": 1, "console": 1}
     assert spec.amqp_url == "amqp://msa:msa-demo-password@127.0.0.1:5672/"
     # The canary is not part of the topology, but is known: profile `canary`, its own port, version v2.
     assert list(topo.canaries) == ["catalog-v2"]

@@ -33,8 +33,9 @@ def test_default_topology_and_its_environment(tmp_path: Path):
         "order-1": 8301,
         "order-2": 8302,
         "probe": 8090,
+        "console": 8095,
     }
-    assert spec.expected == {"gateway": 1, "user": 1, "catalog": 2, "order": 2, "probe": 1}
+    assert spec.expected == {"gateway": 1, "user": 1, "catalog": 2, "order": 2, "probe": 1, "console": 1}
     assert spec.program("catalog-2").command == (sys.executable, "-m", "catalog")
     assert spec.program("discovery").command[-1] == "msa_discovery"
     assert spec.program("discovery").priority < spec.program("catalog-1").priority
@@ -89,7 +90,7 @@ def test_broker_urls_are_rewritten_to_the_proxy(url: str, upstream: str, proxied
 
 def test_free_ports_are_distinct_and_flow_into_the_environment():
     ports = Ports.free()
-    assert len(set(ports.all())) == 11
+    assert len(set(ports.all())) == 12
     spec = default_spec(ports, environ={})
     assert spec.env["CONSUL_HTTP_ADDR"] == f"127.0.0.1:{ports.discovery}"
     assert spec.program("order-2").port == ports.order[1]

@@ -39,10 +39,12 @@ SETTINGS = {
     "order": "order.bootstrap:OrderSettings",
     "msa_gateway": "msa_gateway.app:GatewaySettings",
     "msa_probe": "msa_probe.bootstrap:ProbeSettings",
+    "msa_console": "msa_console.bootstrap:ConsoleSettings",
 }
 # Variables read by libraries or straight from os.environ rather than a settings class. Each non-OTEL name must
 # still be read somewhere in our sources (checked below), so a rename on either side fails here.
-LIBRARY_ENV = {"PYTHONUNBUFFERED": None, "MSA_VERSION": "libs/msa_kit/src/msa_kit/platform.py"}
+LIBRARY_ENV = {"PYTHONUNBUFFERED": None, "MSA_VERSION": "libs/msa_kit/src/msa_kit/platform.py",
+               "FAULTPROXY_URL": "console/src/msa_console/bootstrap.py"}
 LIBRARY_PREFIXES = ("OTEL_",)  # the OpenTelemetry SDK's own environment (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_BSP_*)
 HOST_VARIABLES = ("CONSUL_HTTP_ADDR", "CONFIG_SERVER_URL", "AMQP_URL", "DATABASE_URL", "OTEL_EXPORTER_OTLP_ENDPOINT")
 
@@ -344,7 +346,7 @@ def consul_target(service: str, instance: str, version: str = "v1") -> dict[str,
             "__meta_consul_service_metadata_version": version, "__address__": f"{instance}:8000"}
 
 
-METRICS_SERVICES = {"user", "catalog", "order", "gateway", "probe"}  # the programs serving /metrics (msa_kit.metrics)
+METRICS_SERVICES = {"user", "catalog", "order", "gateway", "probe", "console"}  # the programs serving /metrics (msa_kit.metrics)
 
 
 def test_prometheus_config_is_well_formed():
@@ -366,7 +368,7 @@ def test_prometheus_config_is_well_formed():
 
 def test_prometheus_keeps_exactly_the_services_with_metrics_and_names_them():
     rules = scrape_config("msa")["relabel_configs"]
-    kept = {s for s in ("user", "catalog", "order", "gateway", "probe", "config-server", "consul")
+    kept = {s for s in ("user", "catalog", "order", "gateway", "probe", "console", "config-server", "consul")
             if relabel(rules, consul_target(s, f"{s}-1"))}
     assert kept == METRICS_SERVICES
     labels = relabel(rules, consul_target("catalog", "catalog-v2", "v2"))

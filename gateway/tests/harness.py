@@ -16,7 +16,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from msa_gateway.app import GatewaySection, compile_config
-from msa_gateway.auth import ISSUER, JwksVerifier
+from msa_kit.tokens import ISSUER, JwksVerifier
 from msa_kit.http1 import Body, Headers
 from msa_gateway.proxy import Proxy
 from msa_gateway.ratelimit import Buckets, MemoryBuckets

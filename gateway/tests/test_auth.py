@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from harness import Keys
 
-from msa_gateway.auth import ISSUER, InvalidToken, JwksVerifier
+from msa_kit.tokens import ISSUER, InvalidToken, JwksVerifier
 
 
 def b64(data: bytes) -> str:

@@ -132,12 +132,13 @@ class Ports:
     faultproxy: int = 8474  # the fault proxy's control API (Toxiproxy's port)
     broker_proxy: int = 5673  # where every program reaches RabbitMQ: the fault proxy, forwarding to AMQP_URL's broker
     probe: int = 8090  # the synthetic probe (probe/README.md)
+    console: int = 8095  # the web console (console/README.md), reached through the gateway at /console
 
     @classmethod
     def free(cls) -> Ports:
         """Ports the OS calls free right now. Racy in principle; preflight re-checks before anything starts."""
         defaults = cls()
-        picked = free_ports(6 + len(defaults.user) + len(defaults.catalog) + len(defaults.order))
+        picked = free_ports(7 + len(defaults.user) + len(defaults.catalog) + len(defaults.order))
         it = iter(picked)
         return cls(
             discovery=next(it),
@@ -149,11 +150,12 @@ class Ports:
             faultproxy=next(it),
             broker_proxy=next(it),
             probe=next(it),
+            console=next(it),
         )
 
     def all(self) -> list[int]:
         return [self.discovery, self.config_server, self.gateway, *self.user, *self.catalog, *self.order,
-                self.faultproxy, self.broker_proxy, self.probe]
+                self.faultproxy, self.broker_proxy, self.probe, self.console]
 
 
 def free_ports(n: int) -> list[int]:
@@ -197,7 +199,8 @@ def default_spec(
     databases: dict[str, str] | None = None,
 ) -> TopologySpec:
     """The sandbox's topology: fault proxy, discovery, config server, gateway, user ×1, catalog ×2, order ×2, and
-    the synthetic probe (one transaction through the gateway every period, probe/README.md).
+    the synthetic probe (one transaction through the gateway every period, probe/README.md), and the web console
+    (console/README.md).
 
     Every program reaches RabbitMQ through the fault proxy (its AMQP_URL names the proxy), so tests and the workshop
     can cut or slow the broker for the sandbox alone; spec.amqp_url stays the real broker (preflight checks it).
@@ -264,6 +267,8 @@ def default_spec(
     # Last: it calls the gateway, which calls everything else.
     programs.append(Program("probe", py("msa_probe"), ports.probe, registers=("probe",), priority=300, home="/probe",
                             preload=("msa_kit.app", "msa_probe.bootstrap")))
+    programs.append(Program("console", py("msa_console"), ports.console, registers=("console",), priority=300,
+                            home="/console/", preload=("msa_kit.app", "msa_console.bootstrap")))
     return TopologySpec(
         programs=tuple(programs), var_dir=var, directory=root, discovery="discovery", env=shared, amqp_url=amqp,
         reserved_ports=(ports.broker_proxy,)

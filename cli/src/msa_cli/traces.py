@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 __all__ = ["Span", "Trace", "local_spans", "jaeger_spans", "jaeger_recent", "group", "render_waterfall",
-           "render_list", "norm_id"]
+           "render_list", "norm_id", "waterfall_rows", "summary"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -77,15 +77,18 @@ def _from_json_line(doc: dict[str, Any]) -> Span:
         attributes=doc.get("attributes") or {})
 
 
-def local_spans(var_dir: Path | str, trace_id: str | None = None) -> list[Span]:
-    """Every span under `<var_dir>/traces/*.jsonl` (of one trace, when given).
+def local_spans(var_dir: Path | str, trace_id: str | None = None, *, tail_bytes: int | None = None) -> list[Span]:
+    """Every span under `<var_dir>/traces/*.jsonl` (of one trace, when given); `tail_bytes`: only from the last so
+    many bytes of each file (the recent traces, without reading a long day's files whole).
 
-    A process may be half-way through writing a batch: a line that does not parse (the last, cut short) is skipped,
-    it will be whole on the next read."""
+    A process may be half-way through writing a batch: a line that does not parse (the last, cut short; with
+    `tail_bytes` also the first) is skipped, it will be whole on the next read."""
     wanted = f'"0x{norm_id(trace_id)}"' if trace_id else None
     spans: list[Span] = []
     for path in sorted(Path(var_dir, "traces").glob("*.jsonl")):
         with open(path, encoding="utf-8", errors="replace") as lines:
+            if tail_bytes is not None:
+                lines.seek(max(0, path.stat().st_size - tail_bytes))
             for line in lines:
                 if wanted is not None and wanted not in line:  # a substring test is far cheaper than json.loads
                     continue
@@ -338,3 +341,25 @@ def render_list(traces: Iterable[Trace]) -> RenderableType:
                       Text(str(t.errors), style="bold red") if t.errors else "0",
                       style="red" if t.errors else None)
     return table
+
+
+def waterfall_rows(trace: Trace) -> list[dict[str, Any]]:
+    """The waterfall's rows as data (the web console draws them): what `render_waterfall` shows, in µs from the
+    trace's start."""
+    t0 = trace.start
+    out = []
+    for depth, span, parent in _rows(trace):
+        queued = _queued(span, parent)
+        out.append({"depth": depth, "span_id": span.span_id, "service": span.service, "instance": span.instance,
+                    "operation": _operation(span, parent), "kind": span.kind, "offset_us": span.start - t0,
+                    "duration_us": span.duration, "queued_us": queued, "error": span.error,
+                    "description": span.description})
+    return out
+
+
+def summary(trace: Trace) -> dict[str, Any]:
+    """One line of the recent traces list, as data."""
+    root = trace.root
+    return {"trace_id": trace.trace_id, "operation": _operation(root, None), "service": root.service,
+            "started": _when(trace.start), "duration_us": trace.duration, "spans": len(trace.spans),
+            "services": trace.services, "errors": trace.errors}

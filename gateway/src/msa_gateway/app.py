@@ -35,11 +35,11 @@ from msa_kit.problems import problem
 from msa_kit.resilience import BreakerTransport, ResilientStack
 from msa_kit.runtime import Runtime, started
 from msa_kit.settings import ConfigSnapshot
+from msa_kit.tokens import JwksVerifier
 from msa_kit.tracing import shutdown_tracing
 
 from .accesslog import AccessLog
 from .asgi import AsgiExchange, Exchange, Headers
-from .auth import JwksVerifier
 from .docs import DocsCache, DocsSection
 from .policy import Cors, CorsSection, security_headers
 from .proxy import Config, Proxy

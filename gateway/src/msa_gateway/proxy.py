@@ -23,12 +23,12 @@ from starlette.types import Receive, Scope, Send
 from msa_kit.http1 import Body, Response
 from msa_kit.metrics import UNMATCHED, observe_request
 from msa_kit.resilience import ServiceUnavailable, UpstreamTimeout
+from msa_kit.tokens import InvalidToken, JwksVerifier
 from msa_kit.tracing import ServerSpans
 
 from .accesslog import AccessLog
 from .asgi import (PROBLEM_CONTENT_TYPE, AsgiExchange, ClientDisconnected, Exchange, Headers, problem_body,
                    send_problem)
-from .auth import InvalidToken, JwksVerifier
 from .policy import Cors
 from .ratelimit import Buckets
 from .routes import Route, RouteTable

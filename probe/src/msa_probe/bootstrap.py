@@ -3,8 +3,6 @@ config-repo/probe.yml from the config server, refreshable live, /health and /met
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -45,18 +43,5 @@ def build_app(rt: Runtime, config: ConfigSnapshot, settings: ProbeSettings) -> F
         probe.wake()
 
     platform.on_refresh(wake)  # enabled or period changed: no waiting out the old period
-
-    # The kit has no stop hook for a service's own tasks: stop the probe inside its lifespan, before the platform
-    # stops (deregistration, clients closed), so no run is left half-done against closed clients.
-    kit_lifespan = app.router.lifespan_context
-
-    @asynccontextmanager
-    async def lifespan(a: FastAPI) -> AsyncIterator[None]:
-        async with kit_lifespan(a):
-            try:
-                yield
-            finally:
-                await probe.stop()
-
-    app.router.lifespan_context = lifespan
+    platform.on_stop(probe.stop)  # before deregistration and closed clients: no run is left half-done
     return app

@@ -35,6 +35,13 @@ class HttpFault(BaseModel):
     instance: str = Field("", description="instance id; empty: every instance of the service")
     id: str = ""
 
+    def describe(self) -> str:
+        """`latency 500 ms`, `error 503 p=0.5 on /products`: what it does, in a few words."""
+        what = {"latency": f"latency {self.latency_ms}" + (f"+{self.jitter_ms}" if self.jitter_ms else "") + " ms",
+                "error": f"error {self.status}", "hang": "hang"}[self.kind]
+        return what + (f" p={self.probability:g}" if self.probability < 1 else "") + \
+            (f" on {self.route}" if self.route else "")
+
     @model_validator(mode="after")
     def _sensible(self) -> "HttpFault":
         if self.kind == "latency" and not (self.latency_ms or self.jitter_ms):

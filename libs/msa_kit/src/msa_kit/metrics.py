@@ -55,6 +55,9 @@ DISCOVERY_CACHE_AGE = Gauge("msa_discovery_cache_age_seconds", "Seconds since th
 QUEUE_MESSAGES = Gauge("msa_queue_messages", "Messages waiting in this service's queues", ["queue"])
 # `config_version`, not `version`: the scrape target has a `version` label already (the instance's code version).
 CONFIG = Info("msa_config", "The configuration this instance runs: its version and where it came from")
+# One series per fault in force (value 1), so a dashboard or the console shows what is broken without the admin API.
+FAULTS = Gauge("msa_fault_active", "A fault injected into this instance and in force (config or admin API)",
+               ["id", "kind", "description"])
 
 # Polled by supervisors and Prometheus: counted, they would drown the traffic the dashboards are about.
 UNCOUNTED = frozenset({"/health", "/ready", "/metrics"})
@@ -152,6 +155,9 @@ async def exposition(platform: Platform, stack: ResilientStack | None = None) ->
     if stack is not None:
         client_gauges(stack)
     CONFIG.info({"config_version": platform.config.version or "", "source": platform.config.source})
+    FAULTS.clear()
+    for fault in platform.faults.active():
+        FAULTS.labels(fault.id, fault.kind, fault.describe()).set(1)
     if platform.relay is not None:
         await outbox_gauges(platform.relay)
     if platform.bus.subscriptions:

@@ -135,6 +135,7 @@ class Platform:
         self._registration: ServiceRegistration
         self._on_start: list[Callable[[], Awaitable[None]]] = []
         self._on_refresh: list[Callable[[Any], Awaitable[None]]] = []
+        self._on_stop: list[Callable[[], Awaitable[None]]] = []
         self.refreshes = 0
         self.faults = FaultBook(rt.instance_id, lambda: self.settings.faults.http)
 
@@ -165,6 +166,11 @@ class Platform:
 
     def on_start(self, fn: Callable[[], Awaitable[None]]) -> None:
         self._on_start.append(fn)
+
+    def on_stop(self, fn: Callable[[], Awaitable[None]]) -> None:
+        """`fn()` runs first when the platform stops, while discovery, the clients and the bus still work: a
+        service's own tasks (the probe's loop, the console's load) end there, not half-done against closed clients."""
+        self._on_stop.append(fn)
 
     def on_refresh(self, fn: Callable[[Any], Awaitable[None]]) -> None:
         """`fn(new_settings)` runs after a refresh validated; the kit's own knobs read `self.settings` live."""
@@ -219,6 +225,8 @@ class Platform:
         await self._registration.start()
 
     async def stop(self) -> None:
+        for fn in self._on_stop:
+            await fn()
         await self._registration.stop()
         if self.relay:
             await self.relay.stop()

@@ -1,4 +1,5 @@
-"""Verifying bearer tokens against the user service's published keys (JWKS), fetched through discovery.
+"""Verifying bearer tokens against the user service's published keys (JWKS), fetched through discovery: the gateway
+verifies every request's token with it, the console an operator's.
 
 The gateway holds no secret: keys are public halves, cached by `kid`, refetched when a token names an unknown one
 (key rotation) and every `max_age_s` (key removal). What an attacker can try, and what stops it:
