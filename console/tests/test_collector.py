@@ -47,7 +47,9 @@ class World:
                       f'msa_client_attempts_total{{service="catalog",instance="catalog-1"}} {c["calls"]}',
                       'msa_breaker_state{service="catalog"} 2',
                       f'msa_consumer_deliveries_total{{event_type="stock.reserved",outcome="ack"}} '
-                      f'{c["reserved_consumed"]}',
+                      f'{c["reserved_consumed"] * 0.75}',
+                      f'msa_consumer_deliveries_total{{event_type="stock.reserved",outcome="retry"}} '
+                      f'{c["reserved_consumed"] * 0.25}',
                       'msa_outbox_backlog 3',
                       'msa_fault_active{id="1",kind="latency",description="latency 500 ms"} 1']
         else:
@@ -101,20 +103,25 @@ async def test_figures_rates_edges_and_flows(world: World, clock: list[float]):
     assert order["config_version"] == "abcdef12" and order["breakable"] and order["health"] == "passing"
     assert catalog["queues"] == {"main": 4, "dlq": 1} and catalog["outbox"] is None
     assert snap["calls"] == [{"from": "order", "to": "catalog", "rate": 20.0, "error_share": 0.0}]
-    assert {(f["from"], f["to"], f["event_type"], f["rate"]) for f in snap["flows"]} == {
-        ("order", "catalog", "order.placed", 5.0), ("catalog", "order", "stock.reserved", 4.0)}
+    assert {(f["from"], f["to"], f["event_type"], f["rate"], f["error_share"]) for f in snap["flows"]} == {
+        ("order", "catalog", "order.placed", 5.0, 0.0), ("catalog", "order", "stock.reserved", 4.0, 0.25)}
 
 
 async def test_an_instance_not_answering_is_critical_whatever_the_registry_says_and_a_restart_is_noted(
         world: World, clock: list[float]):
     c = make(world)
     await c.tick()
+    queue = c.subscribe()
+    await c.stop()  # no loop: this test ticks and glances itself
     world.down.add("catalog-1")
     clock[0] += 1
-    await c.tick(full=False)  # a fast tick: /health only
+    await c.glance(["catalog-1"])  # between ticks: /health of a crashed instance only, published at once
     catalog = by_id(c.snapshot)["catalog-1"]
     assert catalog["health"] == "critical" and catalog["registry"] == "passing" and not catalog["answering"]
     assert c.snapshot["changes"][0]["text"] == "catalog-1: passing → critical (not answering)"
+    assert queue.qsize() >= 1
+    await c.glance(["catalog-1"])
+    assert len(c.snapshot["changes"]) == 1, "no change, nothing noted"
     world.down.clear()
     world.started["catalog-1"] = 2000.0  # a new process
     world.counts["placed_consumed"] = 0  # its counters start again

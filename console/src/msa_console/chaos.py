@@ -75,7 +75,7 @@ class Chaos:
     async def crash(self, body: Crash) -> list[str]:
         (instance,) = await self._instances(body)
         await self._admin("POST", instance, "/admin/crash")
-        self.collector.watch_closely()
+        self.collector.watch_closely(instance["id"])
         return [f"{instance['id']}: crashing; its supervisor restarts it (watch it go critical and come back)"]
 
     async def fault(self, target: Target, fault: dict[str, Any], what: str) -> list[str]:
@@ -86,7 +86,7 @@ class Chaos:
                 did.append(f"{instance['id']}: has no fault API")
                 continue
             did.append(f"{instance['id']}: {what} (fault {r.json()['id']})")
-        self.collector.watch_closely(3)
+        self.collector.look_again()
         return did
 
     async def latency(self, body: Latency) -> list[str]:
@@ -102,11 +102,14 @@ class Chaos:
             async with FaultProxyClient(self.faultproxy_url) as proxy:
                 if body.action == "cut":
                     await proxy.disable(BROKER_LINK)
-                    return ["broker link cut: services lose RabbitMQ; orders still land in their outboxes"]
-                await proxy.enable(BROKER_LINK)
-                return ["broker link restored: the outboxes drain"]
+                    did = ["broker link cut: services lose RabbitMQ; orders still land in their outboxes"]
+                else:
+                    await proxy.enable(BROKER_LINK)
+                    did = ["broker link restored: the outboxes drain"]
         except (FaultProxyError, httpx.HTTPError) as exc:
             raise HTTPException(502, f"the fault proxy at {self.faultproxy_url} refused: {exc}") from None
+        self.collector.look_again()
+        return did
 
     async def broker_link(self) -> dict[str, Any]:
         """For the snapshot: `up`, `cut` or `unknown`, and the toxics on the link."""
@@ -136,7 +139,7 @@ class Chaos:
             did.append("broker link restored, its toxics removed")
         except (FaultProxyError, httpx.HTTPError) as exc:
             did.append(f"the fault proxy did not answer: {exc}")
-        self.collector.watch_closely(3)
+        self.collector.look_again()
         return did or ["nothing to heal"]
 
 

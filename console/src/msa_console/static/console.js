@@ -8,7 +8,7 @@ const API = "/console/api";
 const SVG = "http://www.w3.org/2000/svg";
 const COLUMN = { "config-server": 0, console: 0, probe: 0, gateway: 1, user: 2, catalog: 2, order: 2 };
 const COLUMN_X = [20, 340, 640];
-const BROKER = { x: 1000, y: 20, w: 190 };
+const BROKER = { x: 985, y: 20, w: 230 };
 const BOX_W = 200, BOX_H = 88, GAP = 14;
 
 let credential = sessionStorage.getItem("msa-console-credential") || "";
@@ -141,15 +141,17 @@ function drawGraph(snap) {
   graph.append(defs);
   const boxes = layout(snap.services);
   const bottom = Math.max(200, ...Object.values(boxes).map((b) => b.y + b.h)) + 10;
-  graph.setAttribute("viewBox", `0 0 1200 ${bottom}`);
+  graph.setAttribute("viewBox", `0 0 1220 ${bottom}`);
 
   // Event flows, summed per publisher → consumer pair: listed in the broker's box, drawn as dashed curves
   // through it (the event types in each curve's tooltip).
   const pairs = {};
   for (const f of snap.flows) {
     const key = `${f.from}->${f.to}`;
-    (pairs[key] = pairs[key] || { from: f.from, to: f.to, rate: 0, types: [] }).rate += f.rate;
-    pairs[key].types.push(`${f.event_type} ${fmtRate(f.rate)}/s`);
+    const pair = (pairs[key] = pairs[key] || { from: f.from, to: f.to, rate: 0, failed: 0, types: [] });
+    pair.rate += f.rate;
+    pair.failed += f.rate * f.error_share;
+    pair.types.push(`${f.event_type} ${fmtRate(f.rate)}/s, ${pct(f.error_share)} retried or dead-lettered`);
   }
   const flows = Object.values(pairs).filter((p) => boxes[p.from] && boxes[p.to]);
 
@@ -160,8 +162,9 @@ function drawGraph(snap) {
   broker.append(svg("rect", { x: BROKER.x, y: BROKER.y, width: BROKER.w, height, rx: 8 }),
     svg("text", { x: BROKER.x + 10, y: BROKER.y + 20, class: "title" }, "RabbitMQ"),
     svg("text", { x: BROKER.x + 10, y: BROKER.y + 40 }, `link ${link}${link === "cut" ? " ✗" : ""}`));
-  flows.forEach((p, n) => broker.append(svg("text", { x: BROKER.x + 10, y: BROKER.y + 62 + 18 * n, class: "flow-label" },
-    `${p.from} → ${p.to}  ${fmtRate(p.rate)}/s`)));
+  flows.forEach((p, n) => broker.append(svg("text", { x: BROKER.x + 10, y: BROKER.y + 62 + 18 * n,
+    class: `flow-label${p.failed > 0 ? " failing" : ""}`, "data-flow": `${p.from}->${p.to}` },
+    `${p.from} → ${p.to}  ${fmtRate(p.rate)}/s · ${pct(p.rate ? p.failed / p.rate : 0)} failed`)));
   graph.append(broker);
   flows.forEach((p, n) => {
     const a = boxes[p.from], b = boxes[p.to];
@@ -246,7 +249,9 @@ function drawInstances(snap) {
       const q = inst.queues;
       const queues = "main" in q ? `${q.main ?? 0} / ${q.retry ?? 0} / ${q.dlq ?? 0}` : "–";
       const cells = [inst.id, null, fmtRate(inst.rps), pct(inst.error_share), breakers,
-        inst.faults.join(", ") || "–", inst.config_version || "–", inst.outbox ?? "–", queues, String(inst.restarts)];
+        inst.faults.join(", ") || "–", inst.config_version || "–", inst.outbox ?? "–", queues,
+        inst.restarted_ago_s !== null && inst.restarted_ago_s < 60 ? `${inst.restarts} (last ${inst.restarted_ago_s} s ago)` :
+          String(inst.restarts)];
       cells.forEach((text, n) => tr.append(n === 1 ? health : el("td", n === 4 && breakers.includes("open") ?
         { class: "open" } : {}, String(text))));
       const actions = el("td", { class: "buttons" });
