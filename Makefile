@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SRC_DIRS := libs/msa_kit/src discovery/src config-server/src gateway/src services/user/src services/catalog/src services/order/src cli/src faultproxy/src probe/src console/src
 
-.PHONY: help install up down status logs test test-unit bench bench-quick lock clean
+.PHONY: help install up down status logs test test-unit bench bench-quick lock contracts clean
 .DEFAULT_GOAL := help
 
 help:
@@ -17,6 +17,7 @@ help:
 	@echo "make test    the whole test suite (unit, contract, integration against the real topology)"
 	@echo "make bench   every performance figure beside its reference, one table (~8 min; bench/README.md)"
 	@echo "make lock    re-pin requirements/*.in into hash-locked requirements/*.lock (main: runtime, the image; dev: + tests)"
+	@echo "make contracts  regenerate contracts/ (the events' JSON Schemas, AsyncAPI) after changing an event"
 	@echo "make clean-data  remove the local databases (and config snapshots, registry state) under var/"
 
 $(STAMP): requirements/main.lock requirements/dev.lock requirements/bootstrap.lock Makefile
@@ -62,6 +63,9 @@ lock:
 	cd requirements && ../$(BIN)/uv pip compile -q --generate-hashes --python-version 3.11 --no-header --no-annotate main.in -o main.lock
 	cd requirements && ../$(BIN)/uv pip compile -q --generate-hashes --python-version 3.11 --no-header --no-annotate -c main.lock dev.in -o dev.lock
 	cd requirements && ../$(BIN)/uv pip compile -q --generate-hashes --python-version 3.11 --no-header --no-annotate bootstrap.in -o bootstrap.lock
+
+contracts: $(STAMP)
+	@$(BIN)/msa contracts generate
 
 clean-data: down
 	rm -rf var/data var/config var/discovery

@@ -15,7 +15,7 @@ import typer
 from rich.table import Table
 
 from . import load as load_generator
-from . import context, status_view
+from . import context, contracts, status_view
 from .canary import canary
 from .chaos import chaos
 from .logs_cmd import logs
@@ -51,6 +51,7 @@ def _options(
 
 app.add_typer(chaos, name="chaos")
 app.add_typer(canary, name="canary")
+app.add_typer(contracts.command(), name="contracts")
 app.command()(logs)
 app.command("trace")(trace)
 

@@ -1,4 +1,4 @@
-from catalog.domain.model import Line, Product, Reservation, StockRejected, StockReleased, StockReserved
+from catalog.domain.model import Line, Product, Reservation, Shortage, StockRejected, StockReleased, StockReserved
 
 
 def stock() -> dict[str, Product]:
@@ -19,7 +19,7 @@ def test_one_short_line_rejects_the_whole_order_and_takes_nothing():
     r.reserve_from(products)
     assert r.status == "REJECTED" and products["A"].stock == 5 and products["B"].stock == 1
     event = r.events[0]
-    assert isinstance(event, StockRejected) and event.shortages == [{"sku": "B", "requested": 2, "available": 1}]
+    assert isinstance(event, StockRejected) and event.shortages == [Shortage("B", 2, 1)]
 
 
 def test_unknown_sku_is_rejected_with_its_name():

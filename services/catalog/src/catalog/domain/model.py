@@ -21,25 +21,35 @@ class Line:
 
 
 @dataclass(frozen=True)
+class Shortage:
+    sku: str
+    requested: int
+    available: int
+
+
+@dataclass(frozen=True)
 class StockReserved:
     type: ClassVar[str] = "stock.reserved"
+    version: ClassVar[int] = 1  # of its payload: contracts/events/<type>.v<version>.schema.json (`make contracts`)
     order_id: str
-    lines: list[dict[str, Any]]
+    lines: list[Line]
 
 
 @dataclass(frozen=True)
 class StockRejected:
     type: ClassVar[str] = "stock.rejected"
+    version: ClassVar[int] = 1  # of its payload: contracts/events/<type>.v<version>.schema.json (`make contracts`)
     order_id: str
     reason: str
-    shortages: list[dict[str, Any]]
+    shortages: list[Shortage]
 
 
 @dataclass(frozen=True)
 class StockReleased:
     type: ClassVar[str] = "stock.released"
+    version: ClassVar[int] = 1  # of its payload: contracts/events/<type>.v<version>.schema.json (`make contracts`)
     order_id: str
-    lines: list[dict[str, Any]]
+    lines: list[Line]
 
 
 @dataclass
@@ -55,22 +65,22 @@ class Reservation:
         return self.order_id
 
     def reserve_from(self, products: dict[str, Product]) -> None:
-        shortages = []
+        shortages: list[Shortage] = []
         for line in self.lines:
             product = products.get(line.sku)
             available = product.stock if product else 0
             if product is None or line.quantity <= 0 or available < line.quantity:
-                shortages.append({"sku": line.sku, "requested": line.quantity, "available": available})
+                shortages.append(Shortage(line.sku, line.quantity, available))
         if shortages:
             self.status = "REJECTED"
-            unknown = [s["sku"] for s in shortages if s["sku"] not in products]
+            unknown = [s.sku for s in shortages if s.sku not in products]
             reason = f"unknown product(s) {unknown}" if unknown else "insufficient stock"
             self.events.append(StockRejected(self.order_id, reason, shortages))
             return
         for line in self.lines:
             products[line.sku].stock -= line.quantity
         self.status = "RESERVED"
-        self.events.append(StockReserved(self.order_id, [vars(line) for line in self.lines]))
+        self.events.append(StockReserved(self.order_id, list(self.lines)))
 
     def release_to(self, products: dict[str, Product]) -> None:
         """Compensation for a cancelled order: give back exactly what was taken, once."""
@@ -80,4 +90,4 @@ class Reservation:
             if line.sku in products:
                 products[line.sku].stock += line.quantity
         self.status = "RELEASED"
-        self.events.append(StockReleased(self.order_id, [vars(line) for line in self.lines]))
+        self.events.append(StockReleased(self.order_id, list(self.lines)))

@@ -23,9 +23,10 @@ class OrderLine:
 @dataclass(frozen=True)
 class OrderPlaced:
     type: ClassVar[str] = "order.placed"
+    version: ClassVar[int] = 1  # of its payload: contracts/events/<type>.v<version>.schema.json (`make contracts`)
     order_id: str
     user_id: str
-    lines: list[dict[str, Any]]
+    lines: list[OrderLine]
     total_cents: int
     # Placed by a synthetic probe (X-Synthetic-Transaction: true), not a customer. An added field: consumers that
     # don't know it ignore it (the catalog's OrderPlacedV1 does).
@@ -35,15 +36,17 @@ class OrderPlaced:
 @dataclass(frozen=True)
 class OrderConfirmed:
     type: ClassVar[str] = "order.confirmed"
+    version: ClassVar[int] = 1  # of its payload: contracts/events/<type>.v<version>.schema.json (`make contracts`)
     order_id: str
     user_id: str
-    lines: list[dict[str, Any]]
+    lines: list[OrderLine]
     total_cents: int
 
 
 @dataclass(frozen=True)
 class OrderCancelled:
     type: ClassVar[str] = "order.cancelled"
+    version: ClassVar[int] = 1  # of its payload: contracts/events/<type>.v<version>.schema.json (`make contracts`)
     order_id: str
     user_id: str
 
@@ -51,6 +54,7 @@ class OrderCancelled:
 @dataclass(frozen=True)
 class OrderRejected:
     type: ClassVar[str] = "order.rejected"
+    version: ClassVar[int] = 1  # of its payload: contracts/events/<type>.v<version>.schema.json (`make contracts`)
     order_id: str
     user_id: str
     reason: str
@@ -90,14 +94,14 @@ class Order:
             if line.quantity <= 0:
                 raise InvalidOrder(f"items[{i}].quantity", "must be greater than 0")
         order = cls(str(uuid.uuid4()), user_id, lines, idempotency_key=idempotency_key, synthetic=synthetic)
-        order.events.append(OrderPlaced(order.id, user_id, [vars(line) for line in lines], order.total_cents,
+        order.events.append(OrderPlaced(order.id, user_id, list(lines), order.total_cents,
                                         synthetic))
         return order
 
     def confirm(self) -> None:
         if self.status == PENDING:
             self.status = CONFIRMED
-            self.events.append(OrderConfirmed(self.id, self.user_id, [vars(line) for line in self.lines],
+            self.events.append(OrderConfirmed(self.id, self.user_id, list(self.lines),
                                               self.total_cents))
 
     def cancel(self) -> None:

@@ -27,6 +27,7 @@ class UsernameTaken(Exception):
 @dataclass(frozen=True)
 class UserRegistered:
     type: ClassVar[str] = "user.registered"
+    version: ClassVar[int] = 1  # of its payload: contracts/events/<type>.v<version>.schema.json (`make contracts`)
     user_id: str
     username: str
 

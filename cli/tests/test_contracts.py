@@ -1,0 +1,155 @@
+"""Message contracts (contracts/, msa_cli.contracts): the committed schemas are what the producers' events make, every
+subscription is served by its producer, and the checks themselves catch what they are for — a breaking change
+without a new version (naming the field), a schema not regenerated (naming the command), a consumer expecting a
+field its producer stopped sending."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+import yaml
+
+from msa_cli import contracts
+from order.domain import model as order_model
+
+CONSUMED = contracts.consumed()
+
+
+def test_the_committed_contracts_are_what_the_events_make():
+    assert contracts.drift() == []
+
+
+@pytest.mark.parametrize("sub", CONSUMED, ids=[f"{c.service}<-{c.type}" for c in CONSUMED])
+def test_every_consumer_is_served_by_its_producer(sub: contracts.Consumed):
+    mine = [p for p in contracts.consumer_mismatches() if p.startswith(f"{sub.service} ") and sub.type in p]
+    assert mine == []
+
+
+def test_every_subscription_and_every_event_is_in_the_asyncapi_document():
+    doc = yaml.safe_load((contracts.CONTRACTS / "asyncapi.yaml").read_text())
+    assert doc["asyncapi"].startswith("3.")
+    assert {s.service for s in CONSUMED} == {"catalog", "order", "user"} and len(CONSUMED) >= 6
+    for p in contracts.published():
+        channel = doc["channels"][p.type.replace(".", "-")]
+        assert channel["address"] == p.type and channel["bindings"]["amqp"]["exchange"]["name"] == "msa.events"
+        message = doc["components"]["messages"][f"{p.type.replace('.', '-')}-v{p.version}"]
+        ref = message["payload"]["allOf"][1]["properties"]["data"]["$ref"]
+        assert (contracts.CONTRACTS / ref).is_file(), ref
+        assert doc["operations"][f"{p.service}-publishes-{p.type.replace('.', '-')}"]["action"] == "send"
+    for c in CONSUMED:
+        assert doc["operations"][f"{c.service}-consumes-{c.type.replace('.', '-')}"]["action"] == "receive"
+    assert {"id", "source", "type", "specversion", "data"} <= set(doc["components"]["schemas"]["CloudEvent"]
+                                                                 ["properties"])
+
+
+# ---- the safety net is itself tested ------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class PlacedWithoutTotal:  # order.placed v1 with `total_cents` renamed: what a careless refactoring does
+    type: ClassVar[str] = "order.placed"
+    version: ClassVar[int] = 1
+    order_id: str
+    user_id: str
+    lines: list[order_model.OrderLine]
+    total: int
+    synthetic: bool = False
+
+
+def with_order_placed(monkeypatch: pytest.MonkeyPatch, event: type) -> None:
+    real = contracts.published
+
+    def published() -> list[contracts.Published]:
+        return [contracts.Published("order", event) if p.type == "order.placed" else p for p in real()]
+
+    monkeypatch.setattr(contracts, "published", published)
+
+
+@pytest.fixture
+def copy_of_contracts(tmp_path: Path) -> Path:
+    shutil.copytree(contracts.CONTRACTS, tmp_path / "contracts")
+    return tmp_path / "contracts"
+
+
+def test_a_breaking_change_without_a_new_version_fails_naming_the_field(monkeypatch, copy_of_contracts: Path):
+    with_order_placed(monkeypatch, PlacedWithoutTotal)
+    (problem,) = [p for p in contracts.drift(copy_of_contracts) if "order.placed" in p]
+    assert "breaking change" in problem and "`total_cents` removed" in problem and "new version" in problem
+    # make contracts refuses to overwrite the published version
+    assert contracts.generate(copy_of_contracts) and \
+        json.loads((copy_of_contracts / "events/order.placed.v1.schema.json").read_text())["properties"].get(
+            "total_cents")
+    # and the consumer that reads the field is named
+    assert "catalog reads order.placed v1 as OrderPlacedV1: requires `total_cents`, which the producer does not " \
+           "send" in contracts.consumer_mismatches()
+
+
+def test_an_added_optional_field_is_drift_to_regenerate_not_a_break(monkeypatch, copy_of_contracts: Path):
+    with_order_placed(monkeypatch, PlacedWithCurrency)
+    assert "events/order.placed.v1.schema.json is out of date: run `make contracts`" in \
+        contracts.drift(copy_of_contracts)
+    assert not any("breaking" in p for p in contracts.drift(copy_of_contracts))
+    assert contracts.generate(copy_of_contracts) == []
+    assert contracts.drift(copy_of_contracts) == []
+    assert contracts.consumer_mismatches() == [], "catalog ignores a field it does not know"
+
+
+def test_a_new_version_keeps_the_old_one_published_until_it_is_retired(monkeypatch, copy_of_contracts: Path):
+    with_order_placed(monkeypatch, PlacedV2)
+    problems = contracts.drift(copy_of_contracts)
+    assert "events/order.placed.v2.schema.json is missing: run `make contracts`" in problems
+    assert any(p.startswith("events/order.placed.v1.schema.json: no event makes it") for p in problems)
+    assert not any("breaking" in p for p in problems), "v1's file is not v2's business"
+
+
+@dataclasses.dataclass(frozen=True)
+class RetypedLine:
+    sku: str
+    quantity: str  # was an integer
+    unit_price_cents: int
+
+
+@dataclasses.dataclass(frozen=True)
+class PlacedRetyped:
+    type: ClassVar[str] = "order.placed"
+    order_id: str
+    user_id: str
+    lines: list[RetypedLine]
+    total_cents: int
+    channel: str  # new and required
+    synthetic: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class PlacedWithCurrency(order_model.OrderPlaced):
+    currency: str = "EUR"  # an added field, with a default
+
+
+@dataclasses.dataclass(frozen=True)
+class PlacedV2(PlacedWithoutTotal):
+    version: ClassVar[int] = 2
+
+
+def test_the_comparison_sees_nested_retyping_and_new_required_fields():
+    old = contracts.schema(contracts.Published("order", order_model.OrderPlaced))
+
+    broken = contracts.breaking(old, contracts.schema(contracts.Published("order", PlacedRetyped)))
+    assert "`lines[].quantity` changed type: integer → string" in broken
+    assert "`channel` is new and required" in broken
+
+
+def test_msa_contracts_check_says_what_it_checked(monkeypatch: pytest.MonkeyPatch):
+    from typer.testing import CliRunner
+
+    from msa_cli import context
+    from msa_cli.app import app
+
+    monkeypatch.setattr(context, "state", dict(context.state))  # the callback sets the target: keep it to this test
+
+    result = CliRunner().invoke(app, ["contracts", "check"])
+    assert result.exit_code == 0, result.output
+    assert "8 event types published, 6 subscriptions" in result.output
