@@ -17,7 +17,7 @@ help:
 	@echo "make test    the whole test suite (unit, contract, integration against the real topology)"
 	@echo "make bench   every performance figure beside its reference, one table (~8 min; bench/README.md)"
 	@echo "make lock    re-pin requirements/*.in into hash-locked requirements/*.lock (main: runtime, the image; dev: + tests)"
-	@echo "make contracts  regenerate contracts/ (the events' JSON Schemas, AsyncAPI) after changing an event"
+	@echo "make contracts  regenerate contracts/ (events' JSON Schemas, AsyncAPI, the consumers' pacts) after a change"
 	@echo "make clean-data  remove the local databases (and config snapshots, registry state) under var/"
 
 $(STAMP): requirements/main.lock requirements/dev.lock requirements/bootstrap.lock Makefile
@@ -66,6 +66,8 @@ lock:
 
 contracts: $(STAMP)
 	@$(BIN)/msa contracts generate
+	@# The pacts: the consumer tests write what each consumer expects into contracts/pacts/.
+	@MSA_UPDATE_PACTS=1 $(BIN)/python -m pytest -q -p no:cacheprovider services/order/tests/contract/test_order_consumes.py gateway/tests/test_jwks_consumer.py
 
 clean-data: down
 	rm -rf var/data var/config var/discovery
