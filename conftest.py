@@ -11,6 +11,9 @@ import pytest
 
 import dependencies
 
+# pact-python reports usage to the Pact Foundation unless told not to: no test calls out of the machine.
+os.environ.setdefault("PACT_DO_NOT_TRACK", "true")
+
 
 def _reporter(config: pytest.Config) -> Callable[[str], None]:
     terminal = config.pluginmanager.get_plugin("terminalreporter")

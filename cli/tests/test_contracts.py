@@ -153,3 +153,33 @@ def test_msa_contracts_check_says_what_it_checked(monkeypatch: pytest.MonkeyPatc
     result = CliRunner().invoke(app, ["contracts", "check"])
     assert result.exit_code == 0, result.output
     assert "8 event types published, 6 subscriptions" in result.output
+
+
+def test_a_producer_may_move_to_a_new_version_only_once_its_consumers_read_it(monkeypatch: pytest.MonkeyPatch):
+    """The order of a versioned change (contracts/README.md): consumers learn v2 first, with an upcaster for v1
+    events in flight; only then does the producer publish v2."""
+    import pydantic
+
+    with_order_placed(monkeypatch, PlacedV2)  # the producer jumped ahead
+    assert any(p.startswith("catalog reads order.placed v1, but order publishes v2: teach catalog v2 first")
+               for p in contracts.consumer_mismatches())
+
+    class CatalogReadsV2(pydantic.BaseModel):  # a consumer that learnt v2, and still reads v1 through an upcaster
+        version: ClassVar[int] = 2
+        order_id: str
+        total: int
+
+    def v1_to_v2(data: dict) -> dict:
+        return {**data, "total": data.pop("total_cents")}
+
+    monkeypatch.undo()  # back to the real producer: still at v1
+    real = contracts.consumed
+    upgraded = [contracts.Consumed("catalog", "order.placed", CatalogReadsV2, ((1, v1_to_v2),))
+                if c.service == "catalog" and c.type == "order.placed" else c for c in real()]
+    monkeypatch.setattr(contracts, "consumed", lambda: upgraded)
+    assert not [p for p in contracts.consumer_mismatches() if "order.placed" in p and p.startswith("catalog")]
+    without_upcaster = [contracts.Consumed("catalog", "order.placed", CatalogReadsV2)
+                        if c.service == "catalog" and c.type == "order.placed" else c for c in real()]
+    monkeypatch.setattr(contracts, "consumed", lambda: without_upcaster)
+    assert "catalog reads order.placed v2, order publishes v1, and no upcaster takes v1 further" in \
+        contracts.consumer_mismatches()

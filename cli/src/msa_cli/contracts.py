@@ -57,6 +57,11 @@ class Consumed:
     service: str
     type: str
     model: type[BaseModel]
+    upcasters: tuple[tuple[int, Any], ...] = ()  # (from version, function): older payloads brought up to the model's
+
+    @property
+    def reads(self) -> int:
+        return int(getattr(self.model, "version", 1))
 
 
 def published() -> list[Published]:
@@ -76,8 +81,9 @@ class _Recorder:
     def __init__(self, service: str) -> None:
         self.service, self.consumed = service, []  # type: ignore[var-annotated]
 
-    def handle(self, event_type: str, model: type[BaseModel], _handler: Any) -> None:
-        self.consumed.append(Consumed(self.service, event_type, model))
+    def handle(self, event_type: str, model: type[BaseModel], _handler: Any, *,
+               upcasters: dict[int, Any] | None = None) -> None:
+        self.consumed.append(Consumed(self.service, event_type, model, tuple(sorted((upcasters or {}).items()))))
 
 
 def consumed() -> list[Consumed]:
@@ -278,15 +284,30 @@ def consumer_mismatches() -> list[str]:
         if p is None:
             problems.append(f"{c.service} consumes {c.type}, which no service publishes")
             continue
+        if c.reads < p.version:
+            problems.append(f"{c.service} reads {c.type} v{c.reads}, but {p.service} publishes v{p.version}: teach "
+                            f"{c.service} v{p.version} first (its model at version {p.version}, an upcaster from "
+                            f"v{c.reads} for the events in flight), then the producer")
+            continue
         produced = schema(p)
-        expected = c.model.model_json_schema()
-        for issue in _promised(expected, produced, expected, produced, ""):
-            problems.append(f"{c.service} reads {c.type} v{p.version} as {c.model.__name__}: {issue}")
+        payload = example(produced, produced)
+        steps = dict(c.upcasters)
+        missing = [v for v in range(p.version, c.reads) if v not in steps]
+        if missing:
+            problems.append(f"{c.service} reads {c.type} v{c.reads}, {p.service} publishes v{p.version}, and no "
+                            f"upcaster takes v{missing[0]} further")
+            continue
+        for version in range(p.version, c.reads):
+            payload = steps[version](dict(payload))
+        if c.reads == p.version:
+            expected = c.model.model_json_schema()
+            for issue in _promised(expected, produced, expected, produced, ""):
+                problems.append(f"{c.service} reads {c.type} v{p.version} as {c.model.__name__}: {issue}")
         try:
-            c.model.model_validate(example(produced, produced))
+            c.model.model_validate(payload)
         except ValidationError as exc:
             fields = ", ".join(".".join(str(x) for x in e["loc"]) for e in exc.errors())
-            problems.append(f"{c.service} cannot parse a {c.type} v{p.version} payload as {c.model.__name__}: "
+            problems.append(f"{c.service} cannot parse {c.type} v{p.version} payloads as {c.model.__name__}: "
                             f"{fields}")
     return problems
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 import time
+from collections.abc import Mapping
 from typing import Any, Awaitable, Callable, Generic, TypeVar
 
 import sqlalchemy as sa
@@ -171,16 +173,46 @@ def _settle(delivery: _Delivery, exc: BaseException | None) -> None:
         delivery.done.set_exception(exc)
 
 
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]  # a payload of version N → the same event as version N + 1
+
+
+def payload_version(event: CloudEvent) -> int:
+    """The payload's version, from `dataschema` (`urn:msa:order.placed:v2`); 1 when it names none."""
+    match = re.search(r":v(\d+)$", event.dataschema or "")
+    return int(match.group(1)) if match else 1
+
+
 class InboxDispatcher(Generic[M]):
-    """Parses the payload into its typed model at the edge, then has the inbox apply the event at most once."""
+    """Parses the payload into its typed model at the edge, then has the inbox apply the event at most once.
+
+    Versions (contracts/README.md): the model reads version `model.version` (default 1). An older payload is
+    brought up to it by the `upcasters` (one per step, N → N + 1) before parsing, so a consumer that learnt v2 still
+    handles the v1 events in flight or replayed; a newer one than the model reads is dead-lettered with the reason
+    (replayable once a consumer that reads it is deployed), never half-understood."""
 
     def __init__(self, inbox: Inbox, model: type[M], handler: Callable[[M, Any], Awaitable[None]],
-                 failing: Callable[[str], bool] = lambda _type: False) -> None:
+                 failing: Callable[[str], bool] = lambda _type: False,
+                 upcasters: Mapping[int, Upcaster] | None = None) -> None:
         self.inbox, self.model, self.handler, self.failing = inbox, model, handler, failing
+        self.reads = int(getattr(model, "version", 1))
+        self.upcasters = dict(upcasters or {})
+
+    def upcast(self, event: CloudEvent) -> dict[str, Any]:
+        version, data = payload_version(event), event.data
+        if version > self.reads:
+            raise PoisonMessage(f"{event.type} v{version} is newer than {self.model.__name__} reads (v{self.reads}): "
+                                "deploy a consumer that reads it, then replay the dead letters")
+        while version < self.reads:
+            step = self.upcasters.get(version)
+            if step is None:
+                raise PoisonMessage(f"{event.type} v{version}: {self.model.__name__} reads v{self.reads} and has no "
+                                    f"upcaster from v{version}")
+            data, version = step(dict(data)), version + 1
+        return data
 
     async def __call__(self, event: CloudEvent) -> None:
         try:
-            payload = self.model.model_validate(event.data)
+            payload = self.model.model_validate(self.upcast(event))
         except ValidationError as exc:
             raise PoisonMessage(f"{event.type} payload rejected by {self.model.__name__}: {exc.errors()[0]}") from None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any, Awaitable, Callable, TypeVar
 
 import httpx
@@ -19,7 +20,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 from .balancing import STRATEGIES
 from .discovery import Discovery, ServiceRegistration, consul_client
 from .events import EventBus
-from .inbox import Inbox, InboxDispatcher
+from .inbox import Inbox, InboxDispatcher, Upcaster
 from .faults import FaultBook, HttpFault
 from .guards import OutlierPolicy, RetryPolicy
 from .resilience import BreakerPolicy, Policies, ResilientStack, service_client
@@ -146,11 +147,14 @@ class Platform:
         return self.uow_class(self.engine, self.outbox, self.inbox_table, source=f"/{self.rt.service}",
                               relay=self.relay, read_only=read_only)
 
-    def handle(self, event_type: str, model: type[M], handler: Callable[[M, Any], Awaitable[None]]) -> None:
+    def handle(self, event_type: str, model: type[M], handler: Callable[[M, Any], Awaitable[None]], *,
+               upcasters: Mapping[int, Upcaster] | None = None) -> None:
         """Consume `event_type`: its payload is parsed into `model`, then `handler(payload, uow)` runs at most once
-        per event, inside a transaction (shared with other events consumed at the same time: `Inbox`)."""
+        per event, inside a transaction (shared with other events consumed at the same time: `Inbox`). `model.version`
+        is the payload version it reads; `upcasters` ({1: v1_to_v2, …}) bring older payloads up to it."""
         self.bus.subscribe(event_type, InboxDispatcher(
-            self.inbox, model, handler, failing=lambda t: t in self.settings.faults.failing_events))
+            self.inbox, model, handler, failing=lambda t: t in self.settings.faults.failing_events,
+            upcasters=upcasters))
 
     def policies(self, *, retries: bool = True) -> Policies:
         """The resilient client's knobs, read from self.settings on every call: a refresh applies at once."""
