@@ -38,9 +38,11 @@ def publish(stack: Stack, routing_key: str, body: bytes, message_id: str | None 
     asyncio.run(go())
 
 
-def envelope(event_type: str, data: dict[str, Any], event_id: str | None = None) -> bytes:
+def envelope(event_type: str, data: dict[str, Any], event_id: str | None = None, version: int | None = None
+             ) -> bytes:
+    schema = {"dataschema": f"urn:msa:{event_type}:v{version}"} if version else {}
     return json.dumps({"id": event_id or str(uuid.uuid4()), "source": "/tests", "type": event_type,
-                       "specversion": "1.0", "time": "2026-01-01T00:00:00Z", "data": data}).encode()
+                       "specversion": "1.0", "time": "2026-01-01T00:00:00Z", "data": data, **schema}).encode()
 
 
 def dead_letters(stack: Stack, program: str = "catalog-1") -> list[dict[str, Any]]:
@@ -85,6 +87,27 @@ def test_the_same_event_delivered_twice_has_one_effect(stack: Stack, api: Api):
     publish(stack, "order.placed", envelope("order.placed", data))             # a duplicate under a new id
     wait_for(lambda: api.products()[sku]["stock"] == stock - 2, what="the reservation")
     time.sleep(1.0)
+    assert api.products()[sku]["stock"] == stock - 2
+
+
+def test_the_catalog_reads_order_placed_v1_and_v2_and_dead_letters_a_version_it_does_not_know(
+        stack: Stack, api: Api):
+    """order.placed v2 (contracts/README.md): order publishes v2; the catalog still reads a v1 event (in flight
+    during the change, or replayed) through its upcaster; a v3 it cannot know goes to the DLQ with the reason."""
+    sku = sorted(api.products())[3]
+    stock = api.products()[sku]["stock"]
+    lines = [{"sku": sku, "quantity": 1}]
+    v1 = {"order_id": str(uuid.uuid4()), "user_id": "u", "lines": lines, "total_cents": 100}
+    v2 = {"order_id": str(uuid.uuid4()), "user_id": "u", "lines": lines,
+          "total": {"amount_cents": 100, "currency": "EUR"}}
+    v3_id = str(uuid.uuid4())
+    publish(stack, "order.placed", envelope("order.placed", v1, version=1))
+    publish(stack, "order.placed", envelope("order.placed", v2, version=2))
+    publish(stack, "order.placed", envelope("order.placed", {**v2, "order_id": str(uuid.uuid4())}, version=3), v3_id)
+    wait_for(lambda: api.products()[sku]["stock"] == stock - 2, what="both reservations, v1 and v2")
+    wait_for(lambda: v3_id in {m["message_id"] for m in dead_letters(stack)}, what="the v3 event in the DLQ")
+    letter = next(m for m in dead_letters(stack) if m["message_id"] == v3_id)
+    assert "order.placed v3 is newer than OrderPlacedV2 reads (v2)" in letter["reason"], letter
     assert api.products()[sku]["stock"] == stock - 2
 
 

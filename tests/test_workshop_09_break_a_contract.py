@@ -38,22 +38,21 @@ def run(args: list[str], src: Path) -> subprocess.CompletedProcess[str]:
 def test_renaming_a_field_of_an_event_is_caught_and_a_new_version_is_the_way(tmp_path: Path):
     src = copy_of("order", tmp_path)
     model = src / "order" / "domain" / "model.py"
-    # Step 1: rename total_cents to total in OrderPlaced (the first class that has it).
-    edit(model, "    lines: list[OrderLine]\n    total_cents: int\n    # Placed",
-         "    lines: list[OrderLine]\n    total: int\n    # Placed")
+    # Step 1: rename `total` to `amount` in OrderPlaced (v2).
+    edit(model, "    lines: list[OrderLine]\n    total: Money\n", "    lines: list[OrderLine]\n    amount: Money\n")
     checked = run(["-m", "msa_cli", "contracts", "check"], src)
     assert checked.returncode == 1
-    assert "breaking change to a published version (`total_cents` removed; `total` is new and required)" in \
+    assert "breaking change to a published version (`total` removed; `amount` is new and required)" in \
         checked.stderr, checked.stderr
-    assert "catalog reads order.placed v1 as OrderPlacedV1: requires `total_cents`, which the producer does not " \
-           "send" in checked.stderr
-    # Step 2: the same change as v2: the check now asks for the consumers first, and for v1 to stay published.
-    edit(model, 'type: ClassVar[str] = "order.placed"\n    version: ClassVar[int] = 1',
-         'type: ClassVar[str] = "order.placed"\n    version: ClassVar[int] = 2')
+    assert "catalog reads order.placed v2 as OrderPlacedV2: requires `total`, which the producer does not send" \
+        in checked.stderr
+    # Step 2: the same change as v3: the check now asks for the consumers first, and for v2 to stay on file.
+    edit(model, "    version: ClassVar[int] = 2  #", "    version: ClassVar[int] = 3  #")
     checked = run(["-m", "msa_cli", "contracts", "check"], src)
     assert checked.returncode == 1
-    assert "catalog reads order.placed v1, but order publishes v2: teach catalog v2 first" in checked.stderr
-    assert "events/order.placed.v2.schema.json is missing: run `make contracts`" in checked.stderr
+    assert "catalog reads order.placed v2, but order publishes v3: teach catalog v3 first" in checked.stderr
+    assert "events/order.placed.v3.schema.json is missing: run `make contracts`" in checked.stderr
+    assert "events/order.placed.v2.schema.json: no event makes it any more" in checked.stderr
     assert "breaking" not in checked.stderr
 
 
@@ -61,7 +60,8 @@ def test_renaming_a_field_of_an_http_answer_fails_the_providers_verification(tmp
     src = copy_of("catalog", tmp_path)
     http = src / "catalog" / "entrypoints" / "http.py"
     # Step 3: rename the field in catalog's answers (still read from the domain's price_cents).
-    edit(http, "    price_cents: int\n    stock: int", '    price: int = Field(validation_alias="price_cents")\n    stock: int')
+    edit(http, "    price_cents: int\n    stock: int",
+         '    price: int = Field(validation_alias="price_cents")\n    stock: int')
     verified = run(["-m", "pytest", "-q", "-p", "no:cacheprovider",
                     "services/catalog/tests/contract/test_catalog_provider.py::"
                     "test_catalog_honours_every_pact_that_names_it"], src)

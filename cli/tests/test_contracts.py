@@ -50,13 +50,13 @@ def test_every_subscription_and_every_event_is_in_the_asyncapi_document():
 # ---- the safety net is itself tested ------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
-class PlacedWithoutTotal:  # order.placed v1 with `total_cents` renamed: what a careless refactoring does
+class PlacedWithoutTotal:  # order.placed v2 with `total` renamed: what a careless refactoring does
     type: ClassVar[str] = "order.placed"
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2
     order_id: str
     user_id: str
     lines: list[order_model.OrderLine]
-    total: int
+    amount: order_model.Money
     synthetic: bool = False
 
 
@@ -78,19 +78,18 @@ def copy_of_contracts(tmp_path: Path) -> Path:
 def test_a_breaking_change_without_a_new_version_fails_naming_the_field(monkeypatch, copy_of_contracts: Path):
     with_order_placed(monkeypatch, PlacedWithoutTotal)
     (problem,) = [p for p in contracts.drift(copy_of_contracts) if "order.placed" in p]
-    assert "breaking change" in problem and "`total_cents` removed" in problem and "new version" in problem
+    assert "breaking change" in problem and "`total` removed" in problem and "new version" in problem
     # make contracts refuses to overwrite the published version
     assert contracts.generate(copy_of_contracts) and \
-        json.loads((copy_of_contracts / "events/order.placed.v1.schema.json").read_text())["properties"].get(
-            "total_cents")
+        json.loads((copy_of_contracts / "events/order.placed.v2.schema.json").read_text())["properties"].get("total")
     # and the consumer that reads the field is named
-    assert "catalog reads order.placed v1 as OrderPlacedV1: requires `total_cents`, which the producer does not " \
-           "send" in contracts.consumer_mismatches()
+    assert "catalog reads order.placed v2 as OrderPlacedV2: requires `total`, which the producer does not send" \
+        in contracts.consumer_mismatches()
 
 
 def test_an_added_optional_field_is_drift_to_regenerate_not_a_break(monkeypatch, copy_of_contracts: Path):
     with_order_placed(monkeypatch, PlacedWithCurrency)
-    assert "events/order.placed.v1.schema.json is out of date: run `make contracts`" in \
+    assert "events/order.placed.v2.schema.json is out of date: run `make contracts`" in \
         contracts.drift(copy_of_contracts)
     assert not any("breaking" in p for p in contracts.drift(copy_of_contracts))
     assert contracts.generate(copy_of_contracts) == []
@@ -99,11 +98,11 @@ def test_an_added_optional_field_is_drift_to_regenerate_not_a_break(monkeypatch,
 
 
 def test_a_new_version_keeps_the_old_one_published_until_it_is_retired(monkeypatch, copy_of_contracts: Path):
-    with_order_placed(monkeypatch, PlacedV2)
+    with_order_placed(monkeypatch, PlacedV3)
     problems = contracts.drift(copy_of_contracts)
-    assert "events/order.placed.v2.schema.json is missing: run `make contracts`" in problems
-    assert any(p.startswith("events/order.placed.v1.schema.json: no event makes it") for p in problems)
-    assert not any("breaking" in p for p in problems), "v1's file is not v2's business"
+    assert "events/order.placed.v3.schema.json is missing: run `make contracts`" in problems
+    assert any(p.startswith("events/order.placed.v2.schema.json: no event makes it") for p in problems)
+    assert not any("breaking" in p for p in problems), "v2's file is not v3's business"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +118,7 @@ class PlacedRetyped:
     order_id: str
     user_id: str
     lines: list[RetypedLine]
-    total_cents: int
+    total: order_model.Money
     channel: str  # new and required
     synthetic: bool = False
 
@@ -130,8 +129,8 @@ class PlacedWithCurrency(order_model.OrderPlaced):
 
 
 @dataclasses.dataclass(frozen=True)
-class PlacedV2(PlacedWithoutTotal):
-    version: ClassVar[int] = 2
+class PlacedV3(PlacedWithoutTotal):
+    version: ClassVar[int] = 3
 
 
 def test_the_comparison_sees_nested_retyping_and_new_required_fields():
@@ -156,30 +155,43 @@ def test_msa_contracts_check_says_what_it_checked(monkeypatch: pytest.MonkeyPatc
 
 
 def test_a_producer_may_move_to_a_new_version_only_once_its_consumers_read_it(monkeypatch: pytest.MonkeyPatch):
-    """The order of a versioned change (contracts/README.md): consumers learn v2 first, with an upcaster for v1
-    events in flight; only then does the producer publish v2."""
+    """The order of a versioned change (contracts/README.md): consumers learn v3 first, with an upcaster for v2
+    events in flight; only then does the producer publish v3."""
     import pydantic
 
-    with_order_placed(monkeypatch, PlacedV2)  # the producer jumped ahead
-    assert any(p.startswith("catalog reads order.placed v1, but order publishes v2: teach catalog v2 first")
+    with_order_placed(monkeypatch, PlacedV3)  # the producer jumped ahead
+    assert any(p.startswith("catalog reads order.placed v2, but order publishes v3: teach catalog v3 first")
                for p in contracts.consumer_mismatches())
+    monkeypatch.undo()  # back to the real producer: at v2
 
-    class CatalogReadsV2(pydantic.BaseModel):  # a consumer that learnt v2, and still reads v1 through an upcaster
-        version: ClassVar[int] = 2
+    class CatalogReadsV3(pydantic.BaseModel):  # a consumer that learnt v3, and still reads v2 through an upcaster
+        version: ClassVar[int] = 3
         order_id: str
-        total: int
+        amount: dict
 
-    def v1_to_v2(data: dict) -> dict:
-        return {**data, "total": data.pop("total_cents")}
+    def v2_to_v3(data: dict) -> dict:
+        return {**data, "amount": data.pop("total")}
 
-    monkeypatch.undo()  # back to the real producer: still at v1
     real = contracts.consumed
-    upgraded = [contracts.Consumed("catalog", "order.placed", CatalogReadsV2, ((1, v1_to_v2),))
+
+    def catalog_as(model: type, upcasters: tuple) -> list[contracts.Consumed]:
+        return [contracts.Consumed("catalog", "order.placed", model, upcasters)
                 if c.service == "catalog" and c.type == "order.placed" else c for c in real()]
-    monkeypatch.setattr(contracts, "consumed", lambda: upgraded)
-    assert not [p for p in contracts.consumer_mismatches() if "order.placed" in p and p.startswith("catalog")]
-    without_upcaster = [contracts.Consumed("catalog", "order.placed", CatalogReadsV2)
-                        if c.service == "catalog" and c.type == "order.placed" else c for c in real()]
-    monkeypatch.setattr(contracts, "consumed", lambda: without_upcaster)
-    assert "catalog reads order.placed v2, order publishes v1, and no upcaster takes v1 further" in \
+
+    monkeypatch.setattr(contracts, "consumed", lambda: catalog_as(CatalogReadsV3, ((2, v2_to_v3),)))
+    mine = [p for p in contracts.consumer_mismatches() if p.startswith("catalog") and "order.placed" in p]
+    assert mine == ["catalog reads order.placed v3 and has no upcaster from v1 (events/order.placed.v1.schema.json)"]
+    monkeypatch.setattr(contracts, "consumed", lambda: catalog_as(CatalogReadsV3, ()))
+    assert "catalog reads order.placed v3, order publishes v2, and no upcaster takes v2 further" in \
         contracts.consumer_mismatches()
+
+
+def test_the_catalog_still_reads_the_retired_v1_through_its_upcaster():
+    """order.placed v1 is retired (order publishes v2), but v1 events may still be in flight or in a dead-letter
+    queue: a payload made from v1's committed schema, upcast by the catalog, parses as its v2 model."""
+    (catalog,) = [c for c in CONSUMED if c.service == "catalog" and c.type == "order.placed"]
+    assert catalog.reads == 2 and dict(catalog.upcasters).keys() == {1}
+    v1 = json.loads((contracts.CONTRACTS / "events/order.placed.v1.schema.json").read_text())
+    assert v1["x-retired"] is True
+    parsed = catalog.model.model_validate(dict(catalog.upcasters)[1](contracts.example(v1, v1)))
+    assert parsed.total.currency == "EUR" and parsed.total.amount_cents == 1  # type: ignore[attr-defined]

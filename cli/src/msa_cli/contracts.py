@@ -235,8 +235,9 @@ def drift(directory: Path = CONTRACTS) -> list[str]:
     for path in sorted((directory / "events").glob("*.schema.json")):
         rel = f"events/{path.name}"
         if rel not in wanted and not _retired(path):
-            problems.append(f"{rel}: no event makes it any more; a version still consumed must stay published "
-                            f"(mark it `\"x-retired\": true` once no consumer reads it)")
+            problems.append(f"{rel}: no event makes it any more: keep the file, the contract of the events of that "
+                            f"version still in flight or in a dead-letter queue, marked `\"x-retired\": true` "
+                            "(once every consumer reads the new version, upcasting this one)")
     return problems
 
 
@@ -299,6 +300,7 @@ def consumer_mismatches() -> list[str]:
             continue
         for version in range(p.version, c.reads):
             payload = steps[version](dict(payload))
+        problems += _older_versions(c, steps)
         if c.reads == p.version:
             expected = c.model.model_json_schema()
             for issue in _promised(expected, produced, expected, produced, ""):
@@ -309,6 +311,30 @@ def consumer_mismatches() -> list[str]:
             fields = ", ".join(".".join(str(x) for x in e["loc"]) for e in exc.errors())
             problems.append(f"{c.service} cannot parse {c.type} v{p.version} payloads as {c.model.__name__}: "
                             f"{fields}")
+    return problems
+
+
+def _older_versions(c: Consumed, steps: dict[int, Any]) -> list[str]:
+    """Every committed older version of the type (retired ones included: their events may still be in flight or in
+    a dead-letter queue) must reach the consumer's version through its upcasters, and parse there."""
+    problems = []
+    for path in sorted((CONTRACTS / "events").glob(f"{c.type}.v*.schema.json")):
+        version = int(path.name.removeprefix(f"{c.type}.v").removesuffix(".schema.json"))
+        if version >= c.reads:
+            continue
+        if any(v not in steps for v in range(version, c.reads)):
+            problems.append(f"{c.service} reads {c.type} v{c.reads} and has no upcaster from v{version} "
+                            f"(events/{path.name})")
+            continue
+        old = json.loads(path.read_text())
+        payload = example(old, old)
+        for v in range(version, c.reads):
+            payload = steps[v](dict(payload))
+        try:
+            c.model.model_validate(payload)
+        except ValidationError as exc:
+            fields = ", ".join(".".join(str(x) for x in e["loc"]) for e in exc.errors())
+            problems.append(f"{c.service} cannot parse {c.type} v{version} upcast to v{c.reads}: {fields}")
     return problems
 
 
@@ -323,7 +349,8 @@ def _promised(want: dict[str, Any], have: dict[str, Any], want_root: dict[str, A
         where = f"{path}.{name}" if path else name
         if name not in have_props:
             problems.append(f"requires `{where}`, which the producer does not send")
-        elif name not in have_required:
+        elif name not in have_required and "default" not in _resolve(have_props[name], have_root):
+            # A field with a default is always sent all the same: `dataclasses.asdict` writes every field.
             problems.append(f"requires `{where}`, which the producer may leave out")
         else:
             wk, hk = _kind(want["properties"][name], want_root), _kind(have_props[name], have_root)

@@ -1,13 +1,14 @@
 import pytest
 
-from order.domain.model import CONFIRMED, REJECTED, InvalidOrder, Order, OrderConfirmed, OrderLine, OrderPlaced
+from order.domain.model import (CONFIRMED, REJECTED, InvalidOrder, Money, Order, OrderConfirmed, OrderLine,
+                                OrderPlaced)
 
 
 def test_placing_records_the_event_with_the_total():
     order = Order.place("u1", [OrderLine("A", 2, 150), OrderLine("B", 1, 100)])
     assert order.status == "PENDING" and order.total_cents == 400
     placed = order.events[0]
-    assert isinstance(placed, OrderPlaced) and placed.total_cents == 400 and placed.lines[0].sku == "A"
+    assert isinstance(placed, OrderPlaced) and placed.total == Money(400, "EUR") and placed.lines[0].sku == "A"
 
 
 @pytest.mark.parametrize("qty", [0, -3])

@@ -71,8 +71,9 @@ def test_an_order_is_not_synthetic_unless_placed_so_and_its_event_says_which():
     assert not plain.synthetic and probe.synthetic and probe.idempotency_key == "key-1"
     event = probe.events[0]
     assert isinstance(event, OrderPlaced) and event.synthetic
-    # What travels (CloudEvent.from_domain: dataclasses.asdict): the v1 fields, plus the added one.
-    assert dataclasses.asdict(event) == {"order_id": probe.id, "user_id": "u1", "total_cents": 100,
+    # What travels (CloudEvent.from_domain: dataclasses.asdict): v2's fields, the added one among them.
+    assert dataclasses.asdict(event) == {"order_id": probe.id, "user_id": "u1",
+                                         "total": {"amount_cents": 100, "currency": "EUR"},
                                          "lines": [{"sku": "A", "quantity": 1, "unit_price_cents": 100}],
                                          "synthetic": True}
     assert dataclasses.asdict(plain.events[0])["synthetic"] is False

@@ -21,15 +21,23 @@ class OrderLine:
 
 
 @dataclass(frozen=True)
+class Money:
+    amount_cents: int
+    currency: str = "EUR"  # the sandbox's prices are all in one currency; the event says which
+
+
+@dataclass(frozen=True)
 class OrderPlaced:
     type: ClassVar[str] = "order.placed"
-    version: ClassVar[int] = 1  # of its payload: contracts/events/<type>.v<version>.schema.json (`make contracts`)
+    # v2: the total is money with its currency (`total`), no longer a bare `total_cents` (v1). The catalog learnt v2
+    # first, with an upcaster for v1 events still in flight (contracts/README.md, workshop/09-break-a-contract.md).
+    version: ClassVar[int] = 2  # of its payload: contracts/events/<type>.v<version>.schema.json (`make contracts`)
     order_id: str
     user_id: str
     lines: list[OrderLine]
-    total_cents: int
+    total: Money
     # Placed by a synthetic probe (X-Synthetic-Transaction: true), not a customer. An added field: consumers that
-    # don't know it ignore it (the catalog's OrderPlacedV1 does).
+    # don't know it ignore it.
     synthetic: bool = False
 
 
@@ -94,7 +102,7 @@ class Order:
             if line.quantity <= 0:
                 raise InvalidOrder(f"items[{i}].quantity", "must be greater than 0")
         order = cls(str(uuid.uuid4()), user_id, lines, idempotency_key=idempotency_key, synthetic=synthetic)
-        order.events.append(OrderPlaced(order.id, user_id, list(lines), order.total_cents,
+        order.events.append(OrderPlaced(order.id, user_id, list(lines), Money(order.total_cents),
                                         synthetic))
         return order
 
