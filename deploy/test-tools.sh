@@ -10,6 +10,17 @@ missing=()
 command -v promtool >/dev/null || missing+=(prometheus)
 { ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v psql >/dev/null; } || missing+=(postgresql)
 command -v chromium >/dev/null || missing+=(chromium)
+# The AsyncAPI 3.0 JSON Schema, from npm's @asyncapi/specs (the AsyncAPI initiative's own), checked against its
+# pinned digest: cli/tests/test_contracts.py validates contracts/asyncapi.yaml with it. Kept under var/ (ignored).
+ASYNCAPI_SPECS_VERSION=6.11.1
+ASYNCAPI_SPECS_SHA256=01af8744dc33c0c7eb2e908f6a955319ee58b70ecadc9387d1aeb16c0cd28928
+specs=var/tools/asyncapi-specs-$ASYNCAPI_SPECS_VERSION
+if [ ! -f "$specs/package/schemas/3.0.0-without-\$id.json" ] && command -v npm >/dev/null; then
+  mkdir -p "$specs" && (cd "$specs" && npm pack --silent "@asyncapi/specs@$ASYNCAPI_SPECS_VERSION" >/dev/null 2>&1) \
+    && echo "$ASYNCAPI_SPECS_SHA256  $specs/asyncapi-specs-$ASYNCAPI_SPECS_VERSION.tgz" | sha256sum -c --quiet - \
+    && tar xzf "$specs/asyncapi-specs-$ASYNCAPI_SPECS_VERSION.tgz" -C "$specs" \
+    || { echo "could not fetch @asyncapi/specs $ASYNCAPI_SPECS_VERSION (or its digest differs)"; rm -rf "$specs"; }
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
   echo "the tests need Debian packages: ${missing[*]} (apt-get install --no-install-recommends ${missing[*]})"

@@ -195,3 +195,26 @@ def test_the_catalog_still_reads_the_retired_v1_through_its_upcaster():
     assert v1["x-retired"] is True
     parsed = catalog.model.model_validate(dict(catalog.upcasters)[1](contracts.example(v1, v1)))
     assert parsed.total.currency == "EUR" and parsed.total.amount_cents == 1  # type: ignore[attr-defined]
+
+
+SPECS = contracts.repo_root() / "var" / "tools" / "asyncapi-specs-6.11.1" / "package" / "schemas"
+
+
+def test_the_asyncapi_document_is_valid_asyncapi_3(tmp_path: Path):
+    """Against the AsyncAPI initiative's own JSON Schema (npm's @asyncapi/specs, fetched and digest-checked by
+    deploy/test-tools.sh, which `make test` runs first), with the check-jsonschema the compose checks use; a broken
+    copy of the document fails, so the validation is not a formality."""
+    import subprocess
+    import sys
+
+    schema = SPECS / "3.0.0-without-$id.json"
+    assert schema.is_file(), f"{schema} is missing: run deploy/test-tools.sh (it needs npm)"
+    check = [str(Path(sys.executable).parent / "check-jsonschema"), "--schemafile", str(schema)]
+    ok = subprocess.run([*check, str(contracts.CONTRACTS / "asyncapi.yaml")], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    doc = yaml.safe_load((contracts.CONTRACTS / "asyncapi.yaml").read_text())
+    doc["channels"]["order-placed"]["address"] = 42  # an address is a string or null
+    broken = tmp_path / "asyncapi.yaml"
+    broken.write_text(yaml.safe_dump(doc))
+    bad = subprocess.run([*check, str(broken)], capture_output=True, text=True)
+    assert bad.returncode == 1, bad.stdout
