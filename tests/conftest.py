@@ -27,7 +27,7 @@ from support import ADMIN_TOKEN, Api, Stack
 
 @contextmanager
 def booted(tmp_path_factory: pytest.TempPathFactory, amqp_url: str, *, databases: dict[str, str] | None = None,
-           otlp: OtlpReceiver | None = None) -> Iterator[Stack]:
+           otlp: OtlpReceiver | None = None, queue_type: str = "classic") -> Iterator[Stack]:
     namespace = f"test-{uuid.uuid4().hex[:8]}."
     ports = Ports.free()
     # A copy of config-repo, so tests can change configuration live without touching the checkout.
@@ -38,6 +38,9 @@ def booted(tmp_path_factory: pytest.TempPathFactory, amqp_url: str, *, databases
     # config server merges documents key by key, so probe.yml's other settings (the password) stay in force.
     with (config_repo / "probe.yml").open("a") as probe_yml:
         probe_yml.write("\n---\nprobe: {enabled: false}\n")
+    if queue_type != "classic":  # every service's queues of that type (a cluster's setting, deploy/k8s)
+        with (config_repo / "application.yml").open("a") as application_yml:
+            application_yml.write(f"\n---\nevents: {{queue_type: {queue_type}}}\n")
     extra_env = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url} if otlp else None
     spec = default_spec(ports, var_dir=tmp_path_factory.mktemp("var"), namespace=namespace, config_repo=config_repo,
                         amqp_url=amqp_url, databases=databases, extra_env=extra_env)
@@ -59,6 +62,13 @@ def booted(tmp_path_factory: pytest.TempPathFactory, amqp_url: str, *, databases
 @pytest.fixture(scope="session")
 def sqlite_stack(tmp_path_factory: pytest.TempPathFactory, amqp_url: str) -> Iterator[Stack]:
     with booted(tmp_path_factory, amqp_url) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def quorum_stack(tmp_path_factory: pytest.TempPathFactory, amqp_url: str) -> Iterator[Stack]:
+    """As `stack`, with every queue a quorum queue (events.queue_type), declared on the same broker."""
+    with booted(tmp_path_factory, amqp_url, queue_type="quorum") as s:
         yield s
 
 

@@ -77,7 +77,8 @@ def stack_on(request: pytest.FixtureRequest) -> Stack:
         def stack(request): return stack_on(request)
 
     (the PostgreSQL stack also exports every span over OTLP)."""
-    return request.getfixturevalue("sqlite_stack" if request.param == "sqlite" else "postgres_stack")
+    return request.getfixturevalue({"sqlite": "sqlite_stack", "postgresql": "postgres_stack",
+                                    "quorum": "quorum_stack"}[request.param])
 
 
 class Api:

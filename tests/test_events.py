@@ -19,7 +19,7 @@ from test_config_refresh import edited, refresh, wait_for
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=[*BACKENDS, "quorum"])  # "quorum": SQLite, every queue a quorum queue (a cluster's setting)
 def stack(request: pytest.FixtureRequest) -> Stack:
     """Every test here runs on both backends: SQLite, and PostgreSQL (the compose stack's, spans over OTLP)."""
     return stack_on(request)
@@ -151,3 +151,25 @@ def test_a_handler_that_always_fails_is_retried_then_dead_lettered_and_replay_af
     assert api.wait_final(order["id"])["status"] == "CONFIRMED"
     assert api.products()[sku]["stock"] == stock - 1
     assert all(m["message_id"] != letter["message_id"] for m in dead_letters(stack))
+
+
+def test_the_quorum_stacks_queues_are_quorum_queues_and_the_classic_stacks_classic(quorum_stack: Stack,
+                                                                                    sqlite_stack: Stack):
+    """events.queue_type: a queue accepts a redeclaration only with the type it has (PRECONDITION_FAILED else),
+    so redeclaring tells the type without a management API."""
+    async def accepts(stack: Stack, queue: str, queue_type: str) -> bool:
+        connection = await aio_pika.connect(stack.topology.spec.amqp_url, timeout=5)
+        async with connection:
+            channel = await connection.channel()
+            try:
+                await channel.declare_queue(f"{stack.namespace}{queue}", durable=True, arguments={
+                    "x-queue-type": queue_type, "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": f"{stack.namespace}catalog.events.dlq"})
+            except aio_pika.exceptions.ChannelPreconditionFailed:
+                return False
+            return True
+
+    for queue_type, stack in (("quorum", quorum_stack), ("classic", sqlite_stack)):
+        other = "classic" if queue_type == "quorum" else "quorum"
+        assert asyncio.run(accepts(stack, "catalog.events", queue_type)), queue_type
+        assert not asyncio.run(accepts(stack, "catalog.events", other)), queue_type

@@ -37,7 +37,7 @@ class DeadLetters:
         if self.bus.connection is None or self.bus.connection.is_closed:
             raise ConnectionError("not connected to the broker")
         channel = await self.bus.connection.channel()
-        queue = await channel.declare_queue(self.bus.names.dlq, durable=True)
+        queue = await channel.declare_queue(self.bus.names.dlq, durable=True, arguments=self.bus.queue_args)
         taken: list[AbstractIncomingMessage] = []
         while len(taken) < limit:
             message = await queue.get(no_ack=False, fail=False)

@@ -84,8 +84,11 @@ Handler = Callable[[CloudEvent], Awaitable[None]]
 class EventBus:
     """One robust connection per process; it reconnects by itself and re-declares what it consumed."""
 
-    def __init__(self, rt: Runtime, *, max_attempts: int = 5, prefetch: int = 50) -> None:
+    def __init__(self, rt: Runtime, *, max_attempts: int = 5, prefetch: int = 50, queue_type: str = "classic") -> None:
         self.rt = rt
+        # classic (one broker: local mode, compose) or quorum (replicated: a RabbitMQ cluster, deploy/k8s). A queue
+        # keeps the type it was declared with: RabbitMQ refuses to redeclare it as the other (PRECONDITION_FAILED).
+        self.queue_args = {"x-queue-type": queue_type}
         self.names = Names(rt.namespace, rt.service)
         self.max_attempts, self.prefetch = max_attempts, prefetch
         self.connection: aio_pika.abc.AbstractRobustConnection | None = None
@@ -144,7 +147,7 @@ class EventBus:
         n = self.names
         unrouted = await self.channel.declare_exchange(n.unrouted, aio_pika.ExchangeType.FANOUT, durable=True)
         parking = await self.channel.declare_queue(n.unrouted, durable=True, arguments={
-            "x-max-length": 10_000, "x-overflow": "drop-head"})
+            **self.queue_args, "x-max-length": 10_000, "x-overflow": "drop-head"})
         await parking.bind(unrouted)
         return await self.channel.declare_exchange(n.exchange, aio_pika.ExchangeType.TOPIC, durable=True,
                                                    arguments={"alternate-exchange": n.unrouted})
@@ -152,12 +155,12 @@ class EventBus:
     async def _declare_and_consume(self) -> None:
         assert self.channel and self.exchange
         n = self.names
-        await self.channel.declare_queue(n.dlq, durable=True)
+        await self.channel.declare_queue(n.dlq, durable=True, arguments=self.queue_args)
         # Expired retries go back to the main queue through the default exchange.
         await self.channel.declare_queue(n.retry_queue, durable=True, arguments={
-            "x-dead-letter-exchange": "", "x-dead-letter-routing-key": n.queue})
+            **self.queue_args, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": n.queue})
         queue = await self.channel.declare_queue(n.queue, durable=True, arguments={
-            "x-dead-letter-exchange": "", "x-dead-letter-routing-key": n.dlq})
+            **self.queue_args, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": n.dlq})
         for event_type in self.subscriptions:
             await queue.bind(self.exchange, routing_key=event_type)
         await queue.consume(self._on_message)

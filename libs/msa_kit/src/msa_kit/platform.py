@@ -11,7 +11,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, Literal, TypeVar
 
 import httpx
 import sqlalchemy as sa
@@ -47,6 +47,9 @@ class BreakerSettings(BaseModel):
 class EventSettings(BaseModel):
     max_attempts: int = 5
     prefetch: int = 50
+    # classic: one broker (local mode, compose); quorum: replicated across a RabbitMQ cluster's nodes. Set it before
+    # the queues exist: a queue keeps the type it was first declared with.
+    queue_type: Literal["classic", "quorum"] = "classic"
 
 
 class RetrySettings(BaseModel):
@@ -127,7 +130,8 @@ class Platform:
         self.metadata, self.uow_class = metadata, uow_class
         self.engine = database_engine(rt) if metadata is not None else None
         self.outbox, self.inbox_table = add_messaging_tables(metadata) if metadata is not None else (None, None)
-        self.bus = EventBus(rt, max_attempts=settings.events.max_attempts, prefetch=settings.events.prefetch)
+        self.bus = EventBus(rt, max_attempts=settings.events.max_attempts, prefetch=settings.events.prefetch,
+                            queue_type=settings.events.queue_type)
         self.relay = OutboxRelay(self.engine, self.outbox, self.bus) if self.engine is not None else None
         self.inbox = Inbox(self.uow, max_batch=settings.events.prefetch)
         self.discovery: Discovery
