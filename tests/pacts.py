@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from msa_cli.spec import repo_root
+from msa_cli.spec import free_ports, repo_root
 
 PACTS = repo_root() / "contracts" / "pacts"
 UPDATE = "make contracts"
@@ -62,12 +61,6 @@ def _comparable(pact: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in pact.items() if k != "metadata"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Served:
     def __init__(self, url: str, loop: asyncio.AbstractEventLoop) -> None:
         self.url, self.loop = url, loop
@@ -81,7 +74,7 @@ class Served:
 def serving(app: Any, startup: Any = None) -> Iterator[Served]:
     """Serve an ASGI app on a free port in a thread of its own (lifespan off: no platform start, which would need
     the registry and the broker); `startup`, a coroutine function run in the server's loop first (the schema)."""
-    port = free_port()
+    (port,) = free_ports(1)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
     server = uvicorn.Server(config)
     loop = asyncio.new_event_loop()

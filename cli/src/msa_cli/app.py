@@ -51,7 +51,7 @@ def _options(
 
 app.add_typer(chaos, name="chaos")
 app.add_typer(canary, name="canary")
-app.add_typer(contracts.command(), name="contracts")
+app.add_typer(contracts.cli, name="contracts")
 app.command()(logs)
 app.command("trace")(trace)
 

@@ -23,9 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import typer
 import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from msa_kit.events import CloudEvent
+
+from . import context
 from .spec import repo_root
 
 SERVICES = ("user", "catalog", "order")
@@ -79,7 +83,8 @@ class _Recorder:
     """Stands in for the platform: takes down what `subscribe` asks for."""
 
     def __init__(self, service: str) -> None:
-        self.service, self.consumed = service, []  # type: ignore[var-annotated]
+        self.service = service
+        self.consumed: list[Consumed] = []
 
     def handle(self, event_type: str, model: type[BaseModel], _handler: Any, *,
                upcasters: dict[int, Any] | None = None) -> None:
@@ -137,7 +142,7 @@ def asyncapi(pubs: list[Published], subs: list[Consumed]) -> dict[str, Any]:
             "summary": f"{c.service} consumes it from queue {c.service}.events (retry queue, DLQ), "
                        f"parsed as {c.model.__name__}",
             "bindings": {"amqp": {"ack": True}}}
-    envelope = TypeAdapter(_cloud_event()).json_schema()
+    envelope = CloudEvent.model_json_schema()
     return {"asyncapi": "3.0.0",
             "info": {"title": "msa-sandbox events", "version": "1.0.0",
                      "description": f"Every event on the topic exchange `{EXCHANGE}`, as CloudEvents 1.0 (structured "
@@ -154,12 +159,6 @@ def _summary(p: Published) -> str:
     if not doc or doc.startswith(f"{p.event.__name__}("):  # the signature dataclasses write when there is none
         return f"published by {p.service}"
     return doc.split("\n")[0]
-
-
-def _cloud_event() -> type:
-    from msa_kit.events import CloudEvent
-
-    return CloudEvent
 
 
 def render() -> dict[str, str]:
@@ -363,31 +362,26 @@ def _promised(want: dict[str, Any], have: dict[str, Any], want_root: dict[str, A
 
 # ---- `msa contracts` ---------------------------------------------------------------------------------------------
 
-def command() -> Any:
-    import typer
+cli = typer.Typer(help="Message contracts: the events' JSON Schemas and AsyncAPI document (contracts/).",
+                  no_args_is_help=True)
 
-    from . import context
 
-    cli = typer.Typer(help="Message contracts: the events' JSON Schemas and AsyncAPI document (contracts/).",
-                      no_args_is_help=True)
+@cli.command("generate")
+def generate_cmd(force: bool = typer.Option(False, help="overwrite a published version with a breaking change")
+                 ) -> None:
+    """Write contracts/events/*.schema.json and contracts/asyncapi.yaml from the services' domain events."""
+    refused = generate(force=force)
+    if refused:
+        raise context.fail("\n".join(refused))
+    context.console.print(f"contracts/: {len(published())} event schemas and asyncapi.yaml up to date")
 
-    @cli.command("generate")
-    def generate_cmd(force: bool = typer.Option(False, help="overwrite a published version with a breaking change")
-                     ) -> None:
-        """Write contracts/events/*.schema.json and contracts/asyncapi.yaml from the services' domain events."""
-        refused = generate(force=force)
-        if refused:
-            raise context.fail("\n".join(refused))
-        context.console.print(f"contracts/: {len(published())} event schemas and asyncapi.yaml up to date")
 
-    @cli.command("check")
-    def check_cmd() -> None:
-        """Fail on a schema not regenerated, a breaking change without a new version, or a consumer expecting what
-        its producer does not send."""
-        problems = drift() + consumer_mismatches()
-        if problems:
-            raise context.fail("\n".join(problems))
-        context.console.print(f"{len(published())} event types published, {len(consumed())} subscriptions: "
-                              "every schema current, every consumer served")
-
-    return cli
+@cli.command("check")
+def check_cmd() -> None:
+    """Fail on a schema not regenerated, a breaking change without a new version, or a consumer expecting what its
+    producer does not send."""
+    problems = drift() + consumer_mismatches()
+    if problems:
+        raise context.fail("\n".join(problems))
+    context.console.print(f"{len(published())} event types published, {len(consumed())} subscriptions: "
+                          "every schema current, every consumer served")

@@ -17,15 +17,15 @@ from datetime import datetime
 from typing import Any
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 from rich.markup import escape
 from rich.table import Table
+
+from msa_kit.metrics import BREAKER_STATE_NAMES, samples
 
 from .runner import ProgramStatus
 
 UNKNOWN = "?"  # the instance would not say (unreachable, or no admin token)
 NONE = "–"  # the instance has no such thing (the gateway has no outbox, the user service consumes no events)
-BREAKER_STATES = {0: "closed", 1: "half-open", 2: "open"}
 
 
 @dataclass(frozen=True)
@@ -37,19 +37,10 @@ class InstanceFigures:
     faults: str = NONE
 
 
-def samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """Exposition text → sample name → [(labels, value)]."""
-    out: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out.setdefault(s.name, []).append((dict(s.labels), s.value))
-    return out
-
-
 def figures_from_metrics(text: str) -> dict[str, str]:
     """The status columns an instance's /metrics answers: breakers, outbox, dlq, config."""
     found = samples(text)
-    states = {labels.get("service", ""): BREAKER_STATES.get(int(v), str(v)) for labels, v in
+    states = {labels.get("service", ""): BREAKER_STATE_NAMES.get(int(v), str(v)) for labels, v in
               found.get("msa_breaker_state", [])}
     not_closed = ", ".join(f"{svc}: {state}" for svc, state in sorted(states.items()) if state != "closed")
     out = {"breakers": not_closed or ("closed" if states else NONE)}

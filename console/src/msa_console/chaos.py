@@ -4,6 +4,7 @@ compose). Each action answers what it did, in words a learner reads beside the b
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import httpx
@@ -49,7 +50,8 @@ class Broker(BaseModel):
 
 
 class Chaos:
-    def __init__(self, collector: Collector, http: httpx.AsyncClient, admin_token: Any, faultproxy_url: str) -> None:
+    def __init__(self, collector: Collector, http: httpx.AsyncClient, admin_token: Callable[[], str],
+                 faultproxy_url: str) -> None:
         self.collector, self.http, self.admin_token, self.faultproxy_url = collector, http, admin_token, faultproxy_url
 
     async def _instances(self, target: Target | Crash) -> list[dict[str, Any]]:

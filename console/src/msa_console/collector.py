@@ -24,11 +24,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
+
+from msa_kit.discovery import Instance
+from msa_kit.metrics import BREAKER_STATE_NAMES, Samples, samples
 
 log = logging.getLogger(__name__)
 
-BREAKER_STATES = {0: "closed", 1: "half-open", 2: "open"}
 HEALTH_ORDER = {"passing": 0, "warning": 1, "critical": 2}
 WATCH_PERIOD_S = 0.02  # a crashed instance is back within ~200 ms (supervisord forks it from a preloaded parent)
 RATE_WINDOW_S = 5.0  # rates are over the last few seconds: steady enough to read, recent enough to see a fault
@@ -36,21 +37,11 @@ HIDDEN_SERVICES = {"consul"}  # Consul registers itself; it is the registry, dra
 # Who publishes an event type: its first segment names the service (order.placed, stock.reserved → catalog).
 PUBLISHER_OF_PREFIX = {"order": "order", "stock": "catalog", "user": "user"}
 
-Samples = dict[str, list[tuple[dict[str, str], float]]]
 Registry = Callable[[], Awaitable[dict[str, list[dict[str, Any]]]]]  # service → Consul health entries
 
 
-def parse_metrics(text: str) -> Samples:
-    """Exposition text → sample name → [(labels, value)], with prometheus_client's own parser."""
-    out: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out.setdefault(s.name, []).append((dict(s.labels), s.value))
-    return out
-
-
-def total(samples: Samples, name: str, **labels: str) -> float:
-    return sum(v for lb, v in samples.get(name, []) if all(lb.get(k) == want for k, want in labels.items()))
+def total(found: Samples, name: str, **labels: str) -> float:
+    return sum(v for lb, v in found.get(name, []) if all(lb.get(k) == want for k, want in labels.items()))
 
 
 @dataclass
@@ -175,12 +166,11 @@ class Collector:
         registry_error = ""
         try:
             entries = await self.registry()
-        except Exception as exc:  # the registry is down: show what was last known, say why
+        except Exception as exc:  # the registry is down: no instances to show, and why
             registry_error = f"{type(exc).__name__}: {exc}"[:200]
             entries = {}
-        observed = [Observed(service, e["Service"]["ID"],
-                             f"http://{e['Service'].get('Address') or '127.0.0.1'}:{e['Service']['Port']}",
-                             *worst_check(e), version=str((e["Service"].get("Meta") or {}).get("version", "")))
+        observed = [Observed(service, (i := Instance.from_health_entry(e)).id, i.url, *worst_check(e),
+                             version=i.meta.get("version", ""))
                     for service, es in sorted(entries.items()) if service not in HIDDEN_SERVICES for e in es]
         await asyncio.gather(*(self._look_at(o) for o in observed))
         self._note_changes(observed)
@@ -225,7 +215,7 @@ class Collector:
         o.answering = health.status_code == 200
         if metrics.status_code == 200:
             with contextlib.suppress(ValueError):
-                o.samples = parse_metrics(metrics.text)
+                o.samples = samples(metrics.text)
 
     def _note(self, instance: str, before: str, after: str, answering: bool) -> None:
         why = "" if answering else " (not answering)"
@@ -292,7 +282,7 @@ class Collector:
                 "id": o.id, "url": o.url, "health": o.health, "registry": o.registry, "answering": o.answering,
                 "check_output": o.check_output, "version": o.version,
                 "config_version": config_version[:8] if config_version not in ("", "None") else "",
-                "breakers": {lb.get("service", "?"): BREAKER_STATES.get(int(v), str(v))
+                "breakers": {lb.get("service", "?"): BREAKER_STATE_NAMES.get(int(v), str(v))
                              for lb, v in s.get("msa_breaker_state", [])},
                 "outbox": int(total(s, "msa_outbox_backlog")) if "msa_outbox_backlog" in s else None,
                 "queues": queues, "faults": faults, "rps": round(rps, 2),

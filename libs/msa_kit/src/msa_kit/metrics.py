@@ -20,10 +20,24 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .resilience import BREAKER_STATE, BREAKER_STATES
+
+BREAKER_STATE_NAMES = {number: name for name, number in BREAKER_STATES.items()}  # msa_breaker_state's values
+Samples = dict[str, list[tuple[dict[str, str], float]]]
+
+
+def samples(text: str) -> Samples:
+    """Exposition text (an instance's /metrics) → sample name → [(labels, value)], with prometheus_client's own
+    parser: what `msa status` and the console read, as Prometheus would."""
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out.setdefault(s.name, []).append((dict(s.labels), s.value))
+    return out
 
 if TYPE_CHECKING:
     from .events import EventBus
