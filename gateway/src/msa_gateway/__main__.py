@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 
@@ -20,8 +21,8 @@ GRACEFUL_S = 5.0  # what uvicorn's timeout_graceful_shutdown was
 
 
 async def serve(gateway: Gateway, host: str, port: int) -> None:
-    """Start-up (the Starlette app's lifespan), listen, and on SIGTERM/SIGINT: stop accepting, let requests in
-    flight finish, then shut down."""
+    """Start-up (the Starlette app's lifespan), listen, and on SIGTERM/SIGINT: leave the registry, serve on for
+    `registry.drain_s`, stop accepting, let requests in flight finish, then shut down."""
     local = gateway.local
     async with local.router.lifespan_context(local):
         server = HttpServer(gateway.handle, malformed=gateway.malformed)
@@ -32,8 +33,24 @@ async def serve(gateway: Gateway, host: str, port: int) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
+        # As msa_kit.app.LeavingServer: leave the registry, serve on while the platform's load balancer drops us.
+        drain_s = gateway.platform.settings.registry.drain_s
+        log.info("gateway leaving the registry, serving %.1f s more", drain_s)
+        drained = asyncio.ensure_future(_leave(gateway, drain_s))
+        for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal: stop at once
+            loop.add_signal_handler(sig, drained.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await drained
         log.info("gateway stopping: %d connection(s) open", len(server.connections))
         await server.shutdown(GRACEFUL_S)
+
+
+async def _leave(gateway: Gateway, drain_s: float) -> None:
+    try:
+        await gateway.platform.leave()
+    except Exception as exc:
+        log.warning("could not leave the registry: %s", exc or type(exc).__name__)
+    await asyncio.sleep(drain_s)
 
 
 def main() -> None:

@@ -231,5 +231,44 @@ def run_service(service: str, settings_cls: type[S], build_app: Callable[[Runtim
     """`python -m <service>`: prepare_service, build the app, serve it with uvicorn."""
     rt, snapshot, settings = prepare_service(service, settings_cls)
     app = build_app(rt, snapshot, settings)
-    uvicorn.run(app, host=rt.host, port=rt.port, log_config=None, access_log=False, loop="uvloop",
-                http="httptools", timeout_graceful_shutdown=5)
+    LeavingServer(uvicorn.Config(app, host=rt.host, port=rt.port, log_config=None, access_log=False, loop="uvloop",
+                                 http="httptools", timeout_graceful_shutdown=GRACEFUL_S),
+                  app.state.platform).run()
+
+
+GRACEFUL_S = 5.0  # requests in flight get this long to finish once the listener is closed
+
+
+class LeavingServer(uvicorn.Server):
+    """uvicorn, stopping in the order Consul's and Kubernetes' users expect. On SIGTERM the instance first leaves
+    the registry and keeps serving for `registry.drain_s`, while callers' watches (and a platform's Service
+    endpoints) drop it; then uvicorn closes the listener, lets requests in flight finish (GRACEFUL_S), and the
+    lifespan stops the platform: consumers first, the outbox relay handing back what it holds, then the clients.
+    Closing the listener first would refuse the requests still on their way. A second signal stops at once."""
+
+    def __init__(self, config: uvicorn.Config, platform: Platform) -> None:
+        super().__init__(config)
+        self.platform = platform
+        self._leaving: asyncio.Task[None] | None = None
+        self._asked = False
+
+    def handle_exit(self, sig: int, frame: object) -> None:
+        if self._asked or not self.started:
+            super().handle_exit(sig, frame)  # type: ignore[arg-type]
+        self._asked = True  # on_tick (on the loop) starts leaving; a signal handler must not touch the loop
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._asked and self._leaving is None:
+            self._leaving = asyncio.create_task(self._leave())
+        if self._leaving is not None and self._leaving.done():
+            return True
+        return await super().on_tick(counter)
+
+    async def _leave(self) -> None:
+        drain_s = self.platform.settings.registry.drain_s
+        log.info("SIGTERM: leaving the registry, then serving %.1f s more before stopping", drain_s)
+        try:
+            await self.platform.leave()
+        except Exception as exc:  # a registry that is gone: its TTL check deregisters us anyway
+            log.warning("could not leave the registry: %s", exc or type(exc).__name__)
+        await asyncio.sleep(drain_s)

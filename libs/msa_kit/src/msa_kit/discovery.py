@@ -72,6 +72,7 @@ class ServiceRegistration:
         self.tags, self.meta = tags or [], meta or {}
         self.check_id = f"service:{rt.instance_id}"
         self._task: asyncio.Task[None] | None = None
+        self._stopped = False
 
     async def _register(self) -> None:
         check = consul.Check.ttl(f"{self.ttl_s:g}s")
@@ -105,6 +106,11 @@ class ServiceRegistration:
             await asyncio.sleep(self.ttl_s / 3)
 
     async def stop(self) -> None:
+        """Stop the heartbeat and deregister, once: a second call (the platform leaves on SIGTERM, then stops)
+        does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self._task:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -100,6 +100,10 @@ class EventBus:
         self._on_connect: list[Callable[[aio_pika.abc.AbstractRobustConnection], Awaitable[None]]] = []
         self._inspect: aiormq.abc.AbstractChannel | None = None  # for queue_depths only
         self._inspecting = asyncio.Lock()  # one inspection at a time: two scrapes would open two channels
+        self._consumer: tuple[aio_pika.abc.AbstractQueue, str] | None = None
+        self._handling = 0  # deliveries whose handler runs now
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def subscribe(self, event_type: str, handler: Handler) -> None:
         self.subscriptions[event_type] = handler
@@ -163,7 +167,7 @@ class EventBus:
             **self.queue_args, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": n.dlq})
         for event_type in self.subscriptions:
             await queue.bind(self.exchange, routing_key=event_type)
-        await queue.consume(self._on_message)
+        self._consumer = (queue, await queue.consume(self._on_message))
 
     async def publish(self, envelope: str, event_id: str, event_type: str, trace_headers: dict[str, str]) -> None:
         """Publish one CloudEvent — its JSON, as the outbox stores it — under the trace context it was written in;
@@ -181,6 +185,16 @@ class EventBus:
             otel_context.detach(token)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        self._handling += 1
+        self._idle.clear()
+        try:
+            await self._handle(message)
+        finally:
+            self._handling -= 1
+            if not self._handling:
+                self._idle.set()
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
         attempt = int((message.headers or {}).get(ATTEMPT_HEADER, 0)) + 1
         try:
             event = CloudEvent.model_validate_json(message.body)
@@ -256,6 +270,23 @@ class EventBus:
                 raise ConnectionError("not connected to the broker")
             channel = self._inspect = await transport.connection.channel()
         return channel
+
+    async def stop_consuming(self, timeout_s: float = 5.0) -> None:
+        """Take no new deliveries and let the handlers in flight finish (their acks need the channel), for at most
+        `timeout_s`. What was delivered but not acked goes back to the queue when the channel closes: another
+        instance takes it, and its inbox drops a duplicate."""
+        if self._consumer is not None:
+            queue, tag = self._consumer
+            self._consumer = None
+            try:
+                await asyncio.wait_for(queue.cancel(tag), 2)
+            except Exception as exc:  # a cut link: the broker requeues everything unacked when the channel goes
+                log.warning("could not cancel the consumer: %s", exc or type(exc).__name__)
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            log.warning("%d event handler(s) still running at shutdown; their messages will be redelivered",
+                        self._handling)
 
     async def close(self) -> None:
         if self._task:

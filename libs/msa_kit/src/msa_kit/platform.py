@@ -102,6 +102,9 @@ class FaultSettings(BaseModel):
 class RegistrySettings(BaseModel):
     ttl_s: float = 3.0
     deregister_critical_after: str = "30s"
+    # On SIGTERM an instance leaves the registry, then keeps serving this long before it stops accepting: callers'
+    # watches drop it within milliseconds, a platform's load balancer (Kubernetes' Service endpoints) in seconds.
+    drain_s: float = Field(0.3, ge=0, le=30)
 
 
 class PlatformSettings(ServiceSettings):
@@ -232,10 +235,17 @@ class Platform:
             meta=self.meta)
         await self._registration.start()
 
+    async def leave(self) -> None:
+        """Leave the registry, still serving: the first step of a graceful shutdown (see msa_kit.app.LeavingServer).
+        Requests keep being answered and events consumed; callers stop sending new ones as their watches update."""
+        await self._registration.stop()
+
     async def stop(self) -> None:
         for fn in self._on_stop:
             await fn()
         await self._registration.stop()
+        # Handlers in flight finish first: the events they raise are still relayed by this instance.
+        await self.bus.stop_consuming()
         if self.relay:
             await self.relay.stop()
         await self.discovery.stop()
