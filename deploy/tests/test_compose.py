@@ -25,27 +25,14 @@ import yaml
 from msa_kit.runtime import Runtime
 from pydantic import BaseModel
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent  # the workspace venv: docker-compose, check-jsonschema, hadolint
+from program_env import BIN, LIBRARY_ENV, LIBRARY_PREFIXES, ROOT, SETTINGS, config_server_variables, known_to, \
+    settings_class
+
 DEPLOY = ROOT / "deploy"
 PROMETHEUS = DEPLOY / "prometheus" / "prometheus.yml"
 GRAFANA = DEPLOY / "grafana"
 INIT_SQL = DEPLOY / "postgres" / "init-databases.sh"
 
-# A program service's command module → the settings class its bootstrap builds from the environment.
-SETTINGS = {
-    "user": "user.bootstrap:UserSettings",
-    "catalog": "catalog.bootstrap:CatalogSettings",
-    "order": "order.bootstrap:OrderSettings",
-    "msa_gateway": "msa_gateway.app:GatewaySettings",
-    "msa_probe": "msa_probe.bootstrap:ProbeSettings",
-    "msa_console": "msa_console.bootstrap:ConsoleSettings",
-}
-# Variables read by libraries or straight from os.environ rather than a settings class. Each non-OTEL name must
-# still be read somewhere in our sources (checked below), so a rename on either side fails here.
-LIBRARY_ENV = {"PYTHONUNBUFFERED": None, "MSA_VERSION": "libs/msa_kit/src/msa_kit/platform.py",
-               "FAULTPROXY_URL": "console/src/msa_console/bootstrap.py"}
-LIBRARY_PREFIXES = ("OTEL_",)  # the OpenTelemetry SDK's own environment (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_BSP_*)
 HOST_VARIABLES = ("CONSUL_HTTP_ADDR", "CONFIG_SERVER_URL", "AMQP_URL", "DATABASE_URL", "OTEL_EXPORTER_OTLP_ENDPOINT")
 
 
@@ -88,12 +75,6 @@ def module_of(svc: dict[str, Any]) -> str:
     command = svc["command"]
     assert command[:2] == ["python", "-m"], command
     return command[2]
-
-
-def settings_class(module: str) -> type[BaseModel]:
-    import importlib
-    mod, _, cls = SETTINGS[module].partition(":")
-    return getattr(importlib.import_module(mod), cls)
 
 
 # ---- the real tools ---------------------------------------------------------------------------------------------
@@ -163,25 +144,6 @@ def test_every_variable_the_file_interpolates_has_a_demo_value_in_env_example_eq
     assert used == set(example), f"missing from .env.example: {used - set(example)}; unused: {set(example) - used}"
     assert {k: example[k] for k in defaults} == defaults  # no .env behaves as the example does
     assert ".env" in (ROOT / ".gitignore").read_text().splitlines()
-
-
-def known_to(model: type[BaseModel], key: str) -> bool:
-    """`ADMIN__TOKEN` is known to a settings class with a model field `admin` that has a field `token`."""
-    node: Any = model
-    for part in key.lower().split("__"):
-        fields = getattr(node, "model_fields", None)
-        if fields is None:
-            return node is dict or getattr(node, "__origin__", None) is dict  # a dict field takes any key
-        if part not in fields:
-            return False
-        node = fields[part].annotation
-    return True
-
-
-def config_server_variables() -> set[str]:
-    """The config server reads its environment by hand; its names are whatever its __main__ asks os.environ for."""
-    source = (ROOT / "config-server/src/msa_config_server/__main__.py").read_text()
-    return set(re.findall(r"os\.environ\.get\(\"(\w+)\"", source))
 
 
 def test_every_program_variable_is_one_the_program_reads_and_its_value_parses(config: dict[str, Any]):
