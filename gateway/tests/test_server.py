@@ -390,3 +390,24 @@ async def test_the_proxy_served_end_to_end():
             assert streamed.status_code == 413
             assert (await c.get("/api/catalog/after")).status_code == 200  # the connection, or a new one, works
     await h.close()
+
+
+async def test_a_body_far_over_the_limit_gets_the_413_not_a_reset():
+    """20 MB against a 1 MB limit, by Content-Length and chunked: the client reads a 413 problem+json (the server
+    reads and drops what is already on its way before closing — nginx's lingering close), and the server goes on."""
+    h = Harness([{"id": "catalog", "path": "/api/catalog", "service": "catalog", "strip_prefix": 2,
+                  "auth": "public"}], max_body_bytes=1_048_576)
+    async with Served(h.proxy.handle) as s:
+        async with httpx.AsyncClient(base_url=s.url, timeout=10) as c:
+            too_big = await c.post("/api/catalog/p", content=b"x" * 20_000_000)
+            assert too_big.status_code == 413 and too_big.headers["content-type"] == "application/problem+json"
+            assert "1048576 bytes" in too_big.json()["detail"]
+
+            async def chunks() -> AsyncIterator[bytes]:
+                for _ in range(200):
+                    yield b"y" * 100_000
+
+            streamed = await c.post("/api/catalog/p", content=chunks())
+            assert streamed.status_code == 413
+            assert (await c.get("/api/catalog/after")).status_code == 200
+    await h.close()

@@ -36,7 +36,9 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class HttpSettings(BaseModel):
-    timeout_s: float = 2.0
+    timeout_s: float = 2.0  # calls to other services
+    # Request bodies this instance accepts (msa_kit.app.BodyLimit); the largest valid order is ~7 KB (100 lines).
+    max_body_bytes: int = Field(1_048_576, ge=1024)
 
 
 class BreakerSettings(BaseModel):
