@@ -1,6 +1,6 @@
 """A body too large is refused before it is read, with a 413 problem+json naming the limit, by the gateway for the
 public routes and by every service instance for what reaches it directly (another service, a learner's curl); the
-process goes on serving. (#20: the config server's and discovery's own limits are still to come.)"""
+process goes on serving. Discovery has its own limit, answered in plain text as Consul does (discovery/tests)."""
 
 from __future__ import annotations
 
@@ -47,4 +47,10 @@ def test_each_service_refuses_a_body_over_its_limit_by_length_and_chunked(stack:
 
         r = c.post(path, content=small(), headers={"content-type": "application/json"})
         assert r.status_code in (401, 409, 422), r.text  # the route's own answer, not the limit's
+        assert c.get("/health").status_code == 200
+
+
+def test_the_config_server_refuses_a_20_mb_body(stack: Stack):
+    with httpx.Client(base_url=stack.config_server, timeout=20) as c:
+        assert_413(c.post("/encrypt", content=b"x" * HUGE, headers={"content-type": "text/plain"}), "1048576")
         assert c.get("/health").status_code == 200

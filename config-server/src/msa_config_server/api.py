@@ -12,6 +12,7 @@ from typing import Annotated, Any, AsyncIterator, Callable
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from msa_kit.bodies import BodyLimit
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -55,6 +56,7 @@ def create_app(
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/",
     namespace: str = "",
     bus: BusPublisher | None = None,
+    max_body_bytes: int = 1_048_576,
 ) -> FastAPI:
     """The config server over ``repo_path`` (a directory, or a git repository/sub-directory of one)."""
     repository: Repository = open_repository(repo_path)
@@ -70,6 +72,7 @@ def create_app(
     app = FastAPI(title="msa-sandbox config server", description="The Spring Cloud Config Server API.",
                   lifespan=lifespan)
     app.state.repository, app.state.bus = repository, publisher
+    app.add_middleware(BodyLimit, limit=lambda: max_body_bytes)  # /encrypt, /decrypt, busrefresh: small bodies
 
     # --- errors: always problem+json, never a bare 500 for something the client or the repo got wrong ------
 
@@ -206,7 +209,7 @@ def create_app(
     async def unlabelled_document(document_name: str, resolvePlaceholders: bool = True) -> Response:
         if os.path.splitext(document_name)[1] not in DOCUMENT_TYPES:
             raise Problem(404, "no-such-document", "No such document",
-                          f"use /{{application}}/{{profiles}} or /{{application}}-{{profiles}}.yml|.json|.properties")
+                          "use /{application}/{profiles} or /{application}-{profiles}.yml|.json|.properties")
         return await run_in_threadpool(document, document_name, None, resolvePlaceholders)
 
     @app.get("/{application}/{profiles}", tags=["config"])

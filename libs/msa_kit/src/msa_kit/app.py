@@ -14,13 +14,14 @@ from fastapi import APIRouter, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from opentelemetry import trace
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-from pydantic import ValidationError
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .admin import add_fault, admin_denied, config_document, faults_document
+from .bodies import BodyLimit
 from .deadletters import DeadLetters
 from .faults import FaultInjection, HttpFault, crash_soon
 from .logs import setup_logging
@@ -35,53 +36,6 @@ from .tracing import setup_tracing, shutdown_tracing
 log = logging.getLogger(__name__)
 
 S = TypeVar("S", bound=PlatformSettings)
-
-
-class BodyLimit:
-    """413 problem+json for a request body over `limit()` bytes, before it is read: by its Content-Length, or, for
-    a body without one (chunked), by reading it up to the limit here — the app would read it whole anyway — and
-    handing what was read on. A body within its Content-Length passes untouched (the server enforces the framing)."""
-
-    def __init__(self, app: ASGIApp, limit: Callable[[], int]) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        limit, length, chunked = self.limit(), None, False
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                length = int(value) if value.isdigit() else None
-            elif name == b"transfer-encoding":
-                chunked = True
-        if length is not None and length > limit:
-            return await self._refuse(scope, receive, send, limit)
-        if length is not None or not chunked:
-            return await self.app(scope, receive, send)
-        body, more = b"", True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > limit:
-                return await self._refuse(scope, receive, send, limit)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, replay, send)
-
-    @staticmethod
-    async def _refuse(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
-        await problem(413, "Payload too large", f"body: bodies are limited to {limit} bytes",
-                      instance=scope["path"])(scope, receive, send)
 
 
 class TraceHeaders:
