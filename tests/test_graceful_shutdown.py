@@ -8,6 +8,7 @@ test's orders out of the stock the shared SQLite stack's tests count on."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sqlite3
 import threading
@@ -75,18 +76,15 @@ def test_sigterm_with_orders_in_flight_loses_nothing_and_leaves_discovery_first(
     api = Api(stack.gateway).sign_up_and_log_in()
     sku = deepest_stock(api, needed=150)
     loops = [Traffic(api, sku, interval=3 / ORDERS_PER_S, limit=20) for _ in range(3)]
-    try:
+    with contextlib.ExitStack() as running:
         for loop in loops:
-            loop.__enter__()
+            running.enter_context(loop)
         time.sleep(1.0)  # the victim is serving its share
         with Watch(stack, victim) as watch:
             asked = time.monotonic()
             topology.stop(victim)  # SIGTERM; returns when the process has exited (KILL only after 10 s)
             took = time.monotonic() - asked
         time.sleep(1.0)  # and the others carry on alone
-    finally:
-        for loop in loops:
-            loop.__exit__(None, None, None)
     try:
         results = [r for loop in loops for r in loop.results]
         failures = [r for loop in loops for r in loop.failures]

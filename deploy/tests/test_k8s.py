@@ -10,6 +10,7 @@ written; the tests check that what we reference is what those names are."""
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import re
 import subprocess
@@ -44,7 +45,9 @@ OPERATOR_SECRET_KEYS = {"default-user": {"username", "password", "host", "port",
 POD_NAME, POD_IP, HOST_IP = "catalog-7d9c6b5f4-x2x9q", "10.244.1.17", "172.18.0.3"
 
 
+@functools.cache  # one kustomize run per folder for the whole module
 def render(path: Path) -> list[dict[str, Any]]:
+    """The rendered objects; callers must not change them (copy first)."""
     r = subprocess.run([str(BIN / "kubectl"), "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(path)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -243,7 +246,7 @@ def test_services_select_their_deployments_pods_on_the_http_port(overlay):
 
 
 def test_the_config_map_holds_exactly_the_config_repo():
-    (_, docs) = ("dev", render(K8S / "overlays" / "dev"))
+    docs = render(K8S / "overlays" / "dev")
     (cm,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("config-repo")]
     files = {p.name: p.read_text() for p in (ROOT / "config-repo").glob("*.yml")}
     assert cm["data"] == files

@@ -10,14 +10,12 @@ import signal
 
 import uvloop
 
-from msa_kit.app import prepare_service
+from msa_kit.app import GRACEFUL_S, prepare_service
 
 from .app import Gateway, GatewaySettings, build_app
 from .server import HttpServer
 
 log = logging.getLogger("msa_gateway")
-
-GRACEFUL_S = 5.0  # what uvicorn's timeout_graceful_shutdown was
 
 
 async def serve(gateway: Gateway, host: str, port: int) -> None:
@@ -34,23 +32,13 @@ async def serve(gateway: Gateway, host: str, port: int) -> None:
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         # As msa_kit.app.LeavingServer: leave the registry, serve on while the platform's load balancer drops us.
-        drain_s = gateway.platform.settings.registry.drain_s
-        log.info("gateway leaving the registry, serving %.1f s more", drain_s)
-        drained = asyncio.ensure_future(_leave(gateway, drain_s))
+        drained = asyncio.ensure_future(gateway.platform.leave())
         for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal: stop at once
             loop.add_signal_handler(sig, drained.cancel)
         with contextlib.suppress(asyncio.CancelledError):
             await drained
         log.info("gateway stopping: %d connection(s) open", len(server.connections))
         await server.shutdown(GRACEFUL_S)
-
-
-async def _leave(gateway: Gateway, drain_s: float) -> None:
-    try:
-        await gateway.platform.leave()
-    except Exception as exc:
-        log.warning("could not leave the registry: %s", exc or type(exc).__name__)
-    await asyncio.sleep(drain_s)
 
 
 def main() -> None:

@@ -261,16 +261,7 @@ class LeavingServer(uvicorn.Server):
 
     async def on_tick(self, counter: int) -> bool:
         if self._asked and self._leaving is None:
-            self._leaving = asyncio.create_task(self._leave())
+            self._leaving = asyncio.create_task(self.platform.leave())
         if self._leaving is not None and self._leaving.done():
             return True
         return await super().on_tick(counter)
-
-    async def _leave(self) -> None:
-        drain_s = self.platform.settings.registry.drain_s
-        log.info("SIGTERM: leaving the registry, then serving %.1f s more before stopping", drain_s)
-        try:
-            await self.platform.leave()
-        except Exception as exc:  # a registry that is gone: its TTL check deregisters us anyway
-            log.warning("could not leave the registry: %s", exc or type(exc).__name__)
-        await asyncio.sleep(drain_s)

@@ -37,7 +37,7 @@ M = TypeVar("M", bound=BaseModel)
 
 class HttpSettings(BaseModel):
     timeout_s: float = 2.0  # calls to other services
-    # Request bodies this instance accepts (msa_kit.app.BodyLimit); the largest valid order is ~7 KB (100 lines).
+    # Request bodies this instance accepts (msa_kit.bodies.BodyLimit); the largest valid order is ~7 KB (100 lines).
     max_body_bytes: int = Field(1_048_576, ge=1024)
 
 
@@ -238,9 +238,16 @@ class Platform:
         await self._registration.start()
 
     async def leave(self) -> None:
-        """Leave the registry, still serving: the first step of a graceful shutdown (see msa_kit.app.LeavingServer).
-        Requests keep being answered and events consumed; callers stop sending new ones as their watches update."""
-        await self._registration.stop()
+        """The first step of a graceful shutdown (msa_kit.app.LeavingServer, the gateway's server): leave the
+        registry, then keep serving for `registry.drain_s` — requests answered, events consumed — while callers'
+        watches (and a platform's Service endpoints) drop this instance."""
+        drain_s = self.settings.registry.drain_s
+        log.info("SIGTERM: leaving the registry, then serving %.1f s more before stopping", drain_s)
+        try:
+            await self._registration.stop()
+        except Exception as exc:  # a registry that is gone: its TTL check deregisters us anyway
+            log.warning("could not leave the registry: %s", exc or type(exc).__name__)
+        await asyncio.sleep(drain_s)
 
     async def stop(self) -> None:
         for fn in self._on_stop:
