@@ -411,3 +411,45 @@ async def test_a_body_far_over_the_limit_gets_the_413_not_a_reset():
             assert streamed.status_code == 413
             assert (await c.get("/api/catalog/after")).status_code == 200
     await h.close()
+
+
+async def test_a_slow_loris_body_is_cut_at_the_body_time_out_and_no_upstream_is_asked():
+    """A byte a second: 408 problem+json when gateway.body_timeout_s is over, the connection closed; the body is
+    read whole before an upstream is chosen, so the service never saw the request."""
+    h = Harness([{"id": "catalog", "path": "/api/catalog", "service": "catalog", "strip_prefix": 2,
+                  "auth": "public"}], body_timeout_s=1.5)
+    async with Served(h.proxy.handle) as s:
+        reader, writer = await s.raw()
+        writer.write(b"POST /api/catalog/p HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+        started = asyncio.get_running_loop().time()
+
+        async def drip() -> None:
+            for _ in range(100):
+                writer.write(b"x")
+                await asyncio.sleep(0.25)
+
+        dripping = asyncio.create_task(drip())
+        try:
+            status, headers, body = await read_answer(reader)
+            waited = asyncio.get_running_loop().time() - started
+            assert status.startswith(b"HTTP/1.1 408") and headers[b"content-type"] == b"application/problem+json"
+            assert b"not received whole within 1.5 s" in body and 1.4 < waited < 3.0
+            assert headers[b"connection"] == b"close" and await closed(reader)
+        finally:
+            dripping.cancel()
+            writer.close()
+        assert h.upstreams.calls == []  # what the mock upstream received: nothing
+        async with httpx.AsyncClient(base_url=s.url) as c:  # the gateway goes on serving
+            assert (await c.post("/api/catalog/p", content=b"x" * 100)).status_code == 200
+    await h.close()
+
+
+async def test_a_route_can_have_a_smaller_body_limit_than_the_gateway():
+    h = Harness([{"id": "orders", "path": "/api/orders", "service": "catalog", "strip_prefix": 1, "auth": "public",
+                  "max_body_bytes": 2048}], max_body_bytes=1_048_576)
+    async with Served(h.proxy.handle) as s:
+        async with httpx.AsyncClient(base_url=s.url) as c:
+            assert (await c.post("/api/orders", content=b"x" * 2048)).status_code == 200
+            r = await c.post("/api/orders", content=b"x" * 2049)
+            assert r.status_code == 413 and "limited to 2048 bytes" in r.json()["detail"]
+    await h.close()

@@ -18,6 +18,7 @@ from . import load as load_generator
 from . import context, contracts, status_view
 from .canary import canary
 from .chaos import chaos
+from .locks import locks
 from .logs_cmd import logs
 from .trace_cmd import trace
 from .preflight import mask_url
@@ -52,6 +53,7 @@ def _options(
 app.add_typer(chaos, name="chaos")
 app.add_typer(canary, name="canary")
 app.add_typer(contracts.cli, name="contracts")
+app.add_typer(locks, name="locks")
 app.command()(logs)
 app.command("trace")(trace)
 

@@ -43,29 +43,11 @@ def targets(topo: Topology, service: str, instance: str | None) -> list[Program]
     return chosen
 
 
-def _admin(method: str, program: Program, path: str, *, absent_ok: bool = False, **kwargs: Any
-           ) -> httpx.Response | None:
-    """Call an instance's admin API; `absent_ok`: None when it has no such endpoint (the gateway has no fault API)."""
-    headers = {"Authorization": f"Bearer {context.admin_token()}"}
-    try:
-        r = httpx.request(method, program.url + path, headers=headers, timeout=5, **kwargs)
-    except httpx.HTTPError as exc:
-        status = "`msa --target compose status`" if context.target() == "compose" else "`make status`"
-        raise context.fail(f"{program.name} is not answering at {program.url} ({type(exc).__name__}); "
-                          f"is the sandbox up? {status}") from None
-    if r.status_code == 404 and absent_ok:
-        return None
-    if r.status_code >= 400:
-        detail = r.json().get("detail", r.text) if r.headers.get("content-type", "").endswith("json") else r.text
-        raise context.fail(f"{program.name} refused: {r.status_code} {detail}")
-    return r
-
-
 def _inject(service: str, instance: str | None, fault: dict[str, Any]) -> None:
     topo = context.build_topology()
     for program in targets(topo, service, instance):
         body = {**fault, "instance": program.name}
-        added = _admin("POST", program, "/admin/faults", json=body).json()
+        added = context.admin_request("POST", program, "/admin/faults", json=body).json()
         context.console.print(f"{program.name}: {fault['kind']} fault {added['id']} injected")
 
 
@@ -115,7 +97,7 @@ def crash(service: str, instance: Instance = None,
                 continue
             context.console.print(f"{program.name}: SIGKILL sent to pid {pid}")
         else:
-            _admin("POST", program, "/admin/crash")
+            context.admin_request("POST", program, "/admin/crash")
             context.console.print(f"{program.name}: crashing")
 
 
@@ -205,7 +187,7 @@ def list_faults() -> None:
     for col in ("where", "fault", "scope"):
         table.add_column(col)
     for program in (p for p in topo.spec.programs if p.registers):
-        listed = _admin("GET", program, "/admin/faults", absent_ok=True)
+        listed = context.admin_request("GET", program, "/admin/faults", absent_ok=True)
         for f in listed.json()["faults"] if listed is not None else []:
             what = {"latency": f"latency {f['latency_ms']}+{f['jitter_ms']} ms", "error": f"error {f['status']}",
                     "hang": "hang"}[f["kind"]]
@@ -242,7 +224,7 @@ def heal(timeout: Annotated[float, typer.Option(help="seconds to wait for everyt
         for program in (p for p in topo.spec.programs if p.registers):
             while True:  # a crashed instance may still be restarting
                 try:
-                    r = _admin("DELETE", program, "/admin/faults", absent_ok=True)
+                    r = context.admin_request("DELETE", program, "/admin/faults", absent_ok=True)
                     healed += r.json()["healed"] if r is not None else 0
                     break
                 except typer.Exit:

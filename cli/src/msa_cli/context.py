@@ -7,13 +7,15 @@ from __future__ import annotations
 import os
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
+import httpx
 import typer
 from rich.console import Console
 
 from .compose import ComposeTopology
 from .runner import Topology, TopologyError
-from .spec import default_spec
+from .spec import Program, default_spec
 
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -58,3 +60,21 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     # markup=False: messages quote supervisord states like [BACKOFF], which rich would take for markup.
     err.print(message, style="red", markup=False, soft_wrap=True)
     return typer.Exit(code)
+
+
+def admin_request(method: str, program: Program, path: str, *, absent_ok: bool = False, **kwargs: Any
+                  ) -> httpx.Response | None:
+    """Call an instance's admin API; `absent_ok`: None when it has no such endpoint (the gateway has no fault API)."""
+    headers = {"Authorization": f"Bearer {admin_token()}"}
+    try:
+        r = httpx.request(method, program.url + path, headers=headers, timeout=5, **kwargs)
+    except httpx.HTTPError as exc:
+        status = "`msa --target compose status`" if target() == "compose" else "`make status`"
+        raise fail(f"{program.name} is not answering at {program.url} ({type(exc).__name__}); "
+                   f"is the sandbox up? {status}") from None
+    if r.status_code == 404 and absent_ok:
+        return None
+    if r.status_code >= 400:
+        detail = r.json().get("detail", r.text) if r.headers.get("content-type", "").endswith("json") else r.text
+        raise fail(f"{program.name} refused: {r.status_code} {detail}")
+    return r

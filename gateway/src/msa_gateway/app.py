@@ -19,7 +19,7 @@ import httpx
 from fastapi.openapi.docs import get_swagger_ui_html
 from opentelemetry.instrumentation.httpx import AsyncOpenTelemetryTransport
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -57,7 +57,8 @@ class RateLimitSection(BaseModel):
 
 class GatewaySection(BaseModel):
     routes: list[RouteSpec] = []
-    max_body_bytes: int = 1_048_576
+    max_body_bytes: int = Field(1_048_576, ge=1)
+    body_timeout_s: float = Field(10.0, gt=0, le=300)  # a body must arrive whole within this (slow-loris): 408
     cors: CorsSection = CorsSection()
     security_headers: dict[str, str] = {}  # on top of policy.DEFAULT_SECURITY_HEADERS; "" removes one
     rate_limits: RateLimitSection = RateLimitSection()
@@ -71,7 +72,7 @@ class GatewaySettings(PlatformSettings):
 
 def compile_config(section: GatewaySection) -> Config:
     return Config(RouteTable(section.routes), section.max_body_bytes, security_headers(section.security_headers),
-                  Cors(section.cors), section.access_log)
+                  Cors(section.cors), section.access_log, section.body_timeout_s)
 
 
 LOCAL_PATHS = frozenset({"/health", "/metrics", "/gateway/routes", "/admin/config", "/admin/faults", "/admin/crash",

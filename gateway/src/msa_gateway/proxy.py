@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable
+from typing import Callable
 
 import httpx
 from opentelemetry import context as otel_context
@@ -68,6 +68,7 @@ class Config:
     security: Headers
     cors: Cors
     access_log: bool = True
+    body_timeout_s: float = 10.0
     uses_header_predicates: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -230,14 +231,15 @@ class Proxy:
                 return await fail(429, f"rate limit of route {route.id} exceeded; retry in {decision.retry_after_s} s",
                                   route, user)
 
+        limit = route.max_body_bytes or conf.max_body_bytes
         length = 0
         if content_length is not None:
             try:
                 length = int(content_length)
             except ValueError:
                 return await fail(400, "invalid Content-Length", route, user)
-            if length > conf.max_body_bytes:
-                return await fail(413, f"bodies are limited to {conf.max_body_bytes} bytes", route, user)
+            if length > limit:
+                return await fail(413, f"bodies are limited to {limit} bytes", route, user)
 
         if route.req_remove:
             fwd = [(n, v) for n, v in fwd if n not in route.req_remove]
@@ -247,17 +249,17 @@ class Proxy:
         fwd.append((b"x-forwarded-host", host))
 
         body: Body = None
-        too_large: list[bool] = []
         if chunked or length:
-            first, more = await ex.receive()
-            if not more:
-                if len(first) > conf.max_body_bytes:
-                    return await fail(413, f"bodies are limited to {conf.max_body_bytes} bytes", route, user)
-                body = first
-                if chunked:  # read whole: the upstream gets it with a length, not chunked
-                    fwd.append((b"content-length", str(len(first)).encode()))
-            else:
-                body = _stream(first, ex, conf.max_body_bytes, too_large)
+            # Read whole before an upstream is asked (nginx's proxy_request_buffering): a client that sends its body
+            # a byte a second holds a gateway connection for body_timeout_s at most, never a service's.
+            try:
+                body = await _read_body(ex, limit, conf.body_timeout_s)
+            except BodyTooLarge:
+                return await fail(413, f"bodies are limited to {limit} bytes", route, user)
+            except TimeoutError:
+                return await fail(408, f"body: not received whole within {conf.body_timeout_s:g} s", route, user)
+            if chunked:  # the upstream gets it with a length, not chunked
+                fwd.append((b"content-length", str(len(body)).encode()))
 
         target = route.upstream_path(raw_path.decode("latin-1")).encode("latin-1")
         query = ex.query
@@ -281,16 +283,12 @@ class Proxy:
                     continue
                 return await fail(503, str(exc), route, user)
             except (UpstreamTimeout, httpx.TimeoutException) as exc:
-                if too_large:
-                    return await fail(413, f"bodies are limited to {conf.max_body_bytes} bytes", route, user)
                 if attempt < attempts:
                     continue
                 detail = str(exc) if isinstance(exc, UpstreamTimeout) else \
                     f"{route.target} did not answer in time ({exc or type(exc).__name__})"
                 return await fail(504, detail, route, user)
-            except (httpx.TransportError, BodyTooLarge) as exc:
-                if too_large:
-                    return await fail(413, f"bodies are limited to {conf.max_body_bytes} bytes", route, user)
+            except httpx.TransportError as exc:
                 if attempt < attempts:
                     continue
                 return await fail(502, f"{route.target}: {exc or type(exc).__name__}", route, user)
@@ -365,17 +363,15 @@ def _parent(traceparent: bytes, tracestate: bytes) -> otel_context.Context:
     return propagate.extract(carrier)
 
 
-async def _stream(first: bytes, ex: Exchange, limit: int, too_large: list[bool]) -> AsyncIterator[bytes]:
-    seen = len(first)
-    if first:
-        yield first
-    while True:
-        chunk, more = await ex.receive()  # httpx.ReadError when the client disconnects
-        seen += len(chunk)
-        if seen > limit:
-            too_large.append(True)  # whatever the client library wraps this in, the caller answers 413
-            raise BodyTooLarge()
-        if chunk:
-            yield chunk
-        if not more:
-            return
+async def _read_body(ex: Exchange, limit: int, timeout_s: float) -> bytes:
+    chunks: list[bytes] = []
+    seen = 0
+    async with asyncio.timeout(timeout_s):
+        while True:
+            chunk, more = await ex.receive()  # httpx.ReadError when the client disconnects
+            seen += len(chunk)
+            if seen > limit:
+                raise BodyTooLarge()
+            if not more:
+                return chunk if not chunks else b"".join(chunks) + chunk
+            chunks.append(chunk)

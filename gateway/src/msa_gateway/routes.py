@@ -49,6 +49,7 @@ class RouteSpec(BaseModel):
     timeout_s: float | None = Field(None, gt=0, description="default: http.timeout_s")
     retries: int = Field(0, ge=0, le=5, description="extra attempts for GET/HEAD/OPTIONS on 502/503/504")
     rate_limit: RateLimitSpec | None = None
+    max_body_bytes: int | None = Field(None, ge=1, description="default: gateway.max_body_bytes")
     auth: Literal["required", "public"] = "required"
     roles: list[str] = Field(default_factory=list, description="the caller needs one of them (implies auth)")
     weights: dict[str, int] = Field(default_factory=dict, description="by instance version: {v1: 90, v2: 10}")
@@ -82,7 +83,7 @@ class Route:
 
     __slots__ = ("spec", "id", "methods", "prefix", "regex", "exact", "headers", "service", "base_url", "target",
                  "fixed", "strip", "add_prefix", "req_add", "req_remove", "resp_add", "resp_remove", "timeout",
-                 "retries", "limit", "auth", "roles", "weights")
+                 "retries", "limit", "max_body_bytes", "auth", "roles", "weights")
 
     def __init__(self, spec: RouteSpec) -> None:
         self.spec, self.id = spec, spec.id
@@ -109,6 +110,7 @@ class Route:
         self.retries = spec.retries
         rl = spec.rate_limit
         self.limit = Limit(rl.burst or rl.requests, rl.requests / rl.per_s) if rl else None
+        self.max_body_bytes = spec.max_body_bytes
         self.roles = frozenset(spec.roles)
         self.auth = spec.auth == "required" or bool(self.roles)
         self.weights = dict(spec.weights) or None

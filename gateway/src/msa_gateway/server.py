@@ -417,6 +417,8 @@ class _Exchange:
             # Refused before its body was asked for: the client may send the body now or never, so nothing after
             # it on this connection could be told apart from it.
             self.keep_alive = False
+        if self.more and status == 408:  # its body never came whole in time: close rather than wait for the rest
+            self.keep_alive = False
         if not self.keep_alive:
             extra += b"connection: close\r\n"
         elif self.http_version == "1.0":

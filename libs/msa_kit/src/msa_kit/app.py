@@ -196,7 +196,8 @@ def create_service_app(platform: Platform, *, title: str, routers: list[APIRoute
     async def metrics() -> Response:
         return Response(await exposition(platform), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(BodyLimit, limit=lambda: platform.settings.http.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=lambda: platform.settings.http.max_body_bytes,
+                       timeout_s=lambda: platform.settings.http.body_timeout_s)
     app.add_middleware(FaultInjection, book=platform.faults)
     app.add_middleware(RequestMetrics)  # outside the faults: an injected delay or error is timed as clients see it
     app.add_middleware(TraceHeaders)

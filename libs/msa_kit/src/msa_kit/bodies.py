@@ -4,6 +4,7 @@ as Consul does."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -13,11 +14,13 @@ from .problems import problem
 
 class BodyLimit:
     """413 problem+json for a request body over `limit()` bytes, before it is read: by its Content-Length, or, for
-    a body without one (chunked), by reading it up to the limit here — the app would read it whole anyway — and
-    handing what was read on. A body within its Content-Length passes untouched (the server enforces the framing)."""
+    a body without one (chunked), by reading it up to the limit here. A body must also arrive whole within
+    `timeout_s()` (slow-loris: a byte a second would hold the request, and a database connection behind it, for
+    as long as the client likes): 408 problem+json and the connection closed. What was read is handed on whole —
+    the app would read it whole anyway."""
 
-    def __init__(self, app: ASGIApp, limit: Callable[[], int]) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limit: Callable[[], int], timeout_s: Callable[[], float] = lambda: 10.0) -> None:
+        self.app, self.limit, self.timeout_s = app, limit, timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -29,18 +32,30 @@ class BodyLimit:
             elif name == b"transfer-encoding":
                 chunked = True
         if length is not None and length > limit:
-            return await self._refuse(scope, receive, send, limit)
-        if length is not None or not chunked:
+            return await self._refuse(scope, receive, send, 413, "Payload too large",
+                                      f"body: bodies are limited to {limit} bytes")
+        if not length and not chunked:
             return await self.app(scope, receive, send)
-        body, more = b"", True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > limit:
-                return await self._refuse(scope, receive, send, limit)
+        timeout_s = self.timeout_s()
+        chunks: list[bytes] = []
+        seen, more = 0, True
+        try:
+            async with asyncio.timeout(timeout_s):
+                while more:
+                    message = await receive()
+                    if message["type"] != "http.request":  # the client went away
+                        return
+                    chunk = message.get("body", b"")
+                    seen += len(chunk)
+                    more = message.get("more_body", False)
+                    if seen > limit:
+                        return await self._refuse(scope, receive, send, 413, "Payload too large",
+                                                  f"body: bodies are limited to {limit} bytes")
+                    chunks.append(chunk)
+        except TimeoutError:
+            return await self._refuse(scope, receive, send, 408, "Request timeout",
+                                      f"body: not received whole within {timeout_s:g} s")
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         replayed = False
 
         async def replay() -> Message:
@@ -53,6 +68,8 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     @staticmethod
-    async def _refuse(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
-        await problem(413, "Payload too large", f"body: bodies are limited to {limit} bytes",
-                      instance=scope["path"])(scope, receive, send)
+    async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, title: str, detail: str) -> None:
+        # Connection: close — the rest of the body is not read, so nothing after it on the connection could be
+        # told apart from it (uvicorn closes when the answer says so).
+        await problem(status, title, detail, instance=scope["path"],
+                      headers={"Connection": "close"})(scope, receive, send)

@@ -39,6 +39,7 @@ class HttpSettings(BaseModel):
     timeout_s: float = 2.0  # calls to other services
     # Request bodies this instance accepts (msa_kit.bodies.BodyLimit); the largest valid order is ~7 KB (100 lines).
     max_body_bytes: int = Field(1_048_576, ge=1024)
+    body_timeout_s: float = Field(10.0, gt=0, le=300)  # a body must arrive whole within this (slow-loris): 408
 
 
 class BreakerSettings(BaseModel):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from msa_kit.app import create_service_app
 from msa_kit.platform import Platform, PlatformSettings
@@ -12,13 +12,32 @@ from msa_kit.settings import ConfigSnapshot
 
 from .adapters.repository import SqlUserUnitOfWork, metadata
 from .adapters.tokens import TokenIssuer
+from .domain.throttle import LoginThrottle, ThrottlePolicy
 from .entrypoints import events
 from .entrypoints.http import router
+
+
+class ThrottleSection(BaseModel):
+    free_failures: int = Field(ge=1)
+    base_lock_s: float = Field(1.0, gt=0)
+    max_lock_s: float = Field(900.0, gt=0)
+    forget_after_s: float = Field(3600.0, gt=0)
+
+    def policy(self) -> ThrottlePolicy:
+        return ThrottlePolicy(self.free_failures, self.base_lock_s, self.max_lock_s, self.forget_after_s)
+
+
+class LoginThrottleSection(BaseModel):
+    """Failed logins lock an account, and a client address, for 1 s, then 2, 4, … (up to 15 min) once its free
+    failures are used up. `msa locks` shows and clears them."""
+    account: ThrottleSection = ThrottleSection(free_failures=5)
+    client: ThrottleSection = ThrottleSection(free_failures=50)
 
 
 class UserSection(BaseModel):
     token_ttl_s: int = 3600
     admins: list[str] = []
+    login_throttle: LoginThrottleSection = LoginThrottleSection()
 
 
 class UserSettings(PlatformSettings):
@@ -31,4 +50,10 @@ def build_app(rt: Runtime, config: ConfigSnapshot, settings: UserSettings) -> Fa
     app = create_service_app(platform, title="user", routers=[router])
     app.state.tokens = TokenIssuer(rt.path("keys", "user-signing.pem"), settings.user.token_ttl_s)
     app.state.admins = set(settings.user.admins)
+
+    def throttle() -> LoginThrottle:  # from the settings of the moment: a config refresh applies to the next login
+        section = platform.settings.user.login_throttle
+        return LoginThrottle(section.account.policy(), section.client.policy())
+
+    app.state.throttle = throttle
     return app

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from msa_kit.outbox import SqlUnitOfWork
 
 from ..domain.model import User
+from ..domain.throttle import LoginFailures
 
 metadata = sa.MetaData()
 
@@ -29,6 +30,44 @@ order_history = sa.Table(
     sa.Column("total_cents", sa.Integer, nullable=False),
     sa.Column("confirmed_at", sa.Float, nullable=False),
 )
+
+
+# One row a key (account:<username> or client:<address>) with failed logins: in the service's database, so every
+# instance of the service counts the same guesses.
+login_failures = sa.Table(
+    "login_failures", metadata,
+    sa.Column("key", sa.String(300), primary_key=True),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("last_failure_at", sa.Float, nullable=False),
+    sa.Column("locked_until", sa.Float, nullable=False),
+)
+
+
+class SqlLoginFailures:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+
+    async def get_many(self, keys: list[str]) -> list[LoginFailures]:
+        rows = (await self.conn.execute(sa.select(login_failures).where(login_failures.c.key.in_(keys)))).all()
+        found = {r.key: LoginFailures(r.key, r.failures, r.last_failure_at, r.locked_until) for r in rows}
+        return [found.get(key) or LoginFailures(key) for key in keys]
+
+    async def save(self, records: list[LoginFailures]) -> None:
+        # Delete-then-insert is an upsert on both databases (the write lock makes it atomic); no failures, no row.
+        await self.conn.execute(login_failures.delete().where(login_failures.c.key.in_([r.key for r in records])))
+        kept = [vars(r) for r in records if r.failures > 0]
+        if kept:
+            await self.conn.execute(login_failures.insert(), kept)
+
+    async def all(self) -> list[LoginFailures]:
+        rows = (await self.conn.execute(sa.select(login_failures).order_by(login_failures.c.key))).all()
+        return [LoginFailures(r.key, r.failures, r.last_failure_at, r.locked_until) for r in rows]
+
+    async def clear(self, key: str | None = None) -> int:
+        query = login_failures.delete()
+        if key is not None:
+            query = query.where(login_failures.c.key == key)
+        return (await self.conn.execute(query)).rowcount
 
 
 class SqlOrderHistory:
@@ -76,4 +115,5 @@ class SqlUserUnitOfWork(SqlUnitOfWork):
         await super().__aenter__()
         self.users = SqlUserRepository(self.conn, self.seen)
         self.history = SqlOrderHistory(self.conn)
+        self.login_failures = SqlLoginFailures(self.conn)
         return self

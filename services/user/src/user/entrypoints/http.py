@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import time
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Form, HTTPException, Request
 from pydantic import BaseModel, Field
 
+from msa_kit.admin import AdminOnly
 from msa_kit.identity import CurrentCaller
 from msa_kit.problems import problem
 
 from ..domain.model import InvalidSignUp, UsernameTaken
+from ..domain.throttle import LoginThrottled, WrongCredentials
 from ..service_layer import services
 
 router = APIRouter(tags=["users"])
@@ -45,16 +48,65 @@ async def sign_up(body: SignUp, request: Request):
     return {"id": user.id, "username": user.username}
 
 
-@router.post("/auth/token", response_model=TokenOut)
-async def token(request: Request, username: Annotated[str, Form()], password: Annotated[str, Form()]):
-    """OAuth2 password grant: form fields `username` and `password`."""
+def client_address(request: Request) -> str:
+    """The caller's address: the last X-Forwarded-For entry is the one the gateway added (it drops what a client
+    claims there); without one, the peer. A caller bypassing the gateway can claim any address, but not any
+    account: the per-account throttle holds whatever it claims."""
+    forwarded = request.headers.get("x-forwarded-for")
+    if forwarded:
+        return forwarded.rsplit(",", 1)[-1].strip()
+    return request.client.host if request.client else "unknown"
+
+
+@router.post("/auth/token", response_model=TokenOut, responses={401: {}, 429: {}})
+async def token(request: Request, username: Annotated[str, Form(max_length=200)],
+                password: Annotated[str, Form(max_length=200)]):
+    """OAuth2 password grant: form fields `username` and `password`. Failed logins lock the account (after 5) and
+    the client address (after 50) for 1 s, then twice as long each time: 429 with Retry-After."""
+    state = request.app.state
+    try:
+        user = await services.log_in(state.platform.uow, state.throttle(), username, password,
+                                     client_address(request))
+    except WrongCredentials:
+        return problem(401, "Unauthorized", "wrong username or password", instance="/auth/token",
+                       headers={"WWW-Authenticate": "Bearer"})
+    except LoginThrottled as exc:
+        return problem(429, "Too many failed logins", f"{exc}", instance="/auth/token",
+                       headers={"Retry-After": str(exc.retry_after_s)}, retry_after_s=exc.retry_after_s)
+    roles = ["admin"] if user.username in state.admins else ["user"]
+    return {"access_token": state.tokens.issue(user.id, user.username, roles), "expires_in": state.tokens.ttl_s}
+
+
+class LoginLockOut(BaseModel):
+    kind: Literal["account", "client"]
+    value: str
+    failures: int
+    locked: bool
+    retry_after_s: int
+
+
+@router.get("/admin/login-locks", response_model=list[LoginLockOut], dependencies=[AdminOnly], tags=["admin"])
+async def login_locks(request: Request):
+    """Every account and client address with failed logins still counted, and whether it is locked now."""
     async with request.app.state.platform.uow(read_only=True) as uow:
-        user = await services.authenticate(uow, username, password)
-    if user is None:
-        raise HTTPException(401, "wrong username or password", headers={"WWW-Authenticate": "Bearer"})
-    issuer = request.app.state.tokens
-    roles = ["admin"] if user.username in request.app.state.admins else ["user"]
-    return {"access_token": issuer.issue(user.id, user.username, roles), "expires_in": issuer.ttl_s}
+        records = await services.login_failures(uow)
+    now = time.time()
+    return [{"kind": r.kind, "value": r.key.partition(":")[2], "failures": r.failures,
+             "locked": r.retry_after_s(now) > 0, "retry_after_s": int(-(-r.retry_after_s(now) // 1))}
+            for r in records]
+
+
+@router.delete("/admin/login-locks", dependencies=[AdminOnly], tags=["admin"], response_model=None)
+async def clear_login_locks(request: Request, kind: Literal["account", "client"] | None = None,
+                            value: str | None = None):
+    """Forget failed logins: of one key (`?kind=account&value=alice`), or all of them."""
+    if (kind is None) != (value is None):
+        return problem(422, "Invalid request", "kind, value: give both, or neither to clear every lock",
+                       instance="/admin/login-locks", errors=[{"field": "kind" if kind is None else "value",
+                                                               "message": "give both kind and value, or neither"}])
+    async with request.app.state.platform.uow() as uow:
+        cleared = await services.clear_login_failures(uow, f"{kind}:{value}" if kind else None)
+    return {"cleared": cleared}
 
 
 @router.get("/users/me", response_model=UserOut)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+import asyncio
+import time
+from typing import Callable, Protocol
 
 from msa_kit.uow import UnitOfWork
 
-from ..domain.model import User, UsernameTaken
+from ..domain.model import UNKNOWN_USER_HASH, User, UsernameTaken, verify_password
+from ..domain.throttle import LoginFailures, LoginThrottle, LoginThrottled, WrongCredentials
 
 
 class UserRepository(Protocol):
@@ -23,9 +26,20 @@ class OrderHistory(Protocol):
     async def for_user(self, user_id: str) -> list[dict[str, object]]: ...
 
 
+class LoginFailuresRepository(Protocol):
+    async def get_many(self, keys: list[str]) -> list[LoginFailures]: ...
+    async def save(self, records: list[LoginFailures]) -> None: ...
+    async def all(self) -> list[LoginFailures]: ...
+    async def clear(self, key: str | None = None) -> int: ...
+
+
 class UserUnitOfWork(UnitOfWork):
     users: UserRepository
     history: OrderHistory
+    login_failures: LoginFailuresRepository
+
+
+UnitsOfWork = Callable[..., UserUnitOfWork]  # a new unit of work per call (`read_only=True` for reads)
 
 
 async def sign_up(uow: UserUnitOfWork, username: str, password: str) -> User:
@@ -37,13 +51,44 @@ async def sign_up(uow: UserUnitOfWork, username: str, password: str) -> User:
     return user
 
 
-async def authenticate(uow: UserUnitOfWork, username: str, password: str) -> User | None:
-    user = await uow.users.by_username(username)
-    # Hash even for an unknown user so the answer takes as long either way (no username probing by timing).
-    if user is None:
-        User.sign_up("nobody", password if len(password) >= 8 else "x" * 8)
-        return None
-    return user if user.check_password(password) else None
+async def log_in(uows: UnitsOfWork, throttle: LoginThrottle, username: str, password: str, client: str,
+                 now: Callable[[], float] = time.time) -> User:
+    """The user, or WrongCredentials, or LoginThrottled. An unknown username and a wrong password take the same
+    path, the same time and the same answer, and count against the account and the client alike."""
+    keys = list(throttle.keys(username, client))
+    async with uows() as uow:  # count the attempt first: parallel guesses are counted, not raced
+        records = await uow.login_failures.get_many(keys)
+        t = now()
+        wait = max(r.retry_after_s(t) for r in records)
+        if wait > 0:
+            raise LoginThrottled(wait)
+        for record in records:
+            record.count(throttle.policy(record), t)
+        await uow.login_failures.save(records)
+        user = await uow.users.by_username(username)
+        await uow.commit()
+    # scrypt runs in a thread (it releases the GIL), outside the transaction: ~0.1 s of CPU must not hold the
+    # event loop, nor the database's write lock.
+    matches = await asyncio.to_thread(verify_password, password, user.password_hash if user else UNKNOWN_USER_HASH)
+    if user is None or not matches:
+        raise WrongCredentials()
+    async with uows() as uow:
+        account, by_client = await uow.login_failures.get_many(keys)
+        account.failures = 0  # a success forgives the account; the client only gets this attempt back
+        by_client.give_back(throttle.client)
+        await uow.login_failures.save([account, by_client])
+        await uow.commit()
+    return user
+
+
+async def login_failures(uow: UserUnitOfWork) -> list[LoginFailures]:
+    return await uow.login_failures.all()
+
+
+async def clear_login_failures(uow: UserUnitOfWork, key: str | None = None) -> int:
+    cleared = await uow.login_failures.clear(key)
+    await uow.commit()
+    return cleared
 
 
 async def order_confirmed(uow: UserUnitOfWork, order_id: str, user_id: str, lines: list[dict[str, object]],
