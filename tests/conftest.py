@@ -12,24 +12,28 @@ import asyncio
 import shutil
 import uuid
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
 import dependencies
 from msa_cli.namespace import drop_namespace
 from msa_cli.runner import Topology
-from msa_cli.spec import DEMO_ENCRYPT_KEY, Ports, default_spec, repo_root
+from msa_cli.spec import DEMO_ENCRYPT_KEY, Ports, Program, default_spec, repo_root
 from otlp import OtlpReceiver
 from support import ADMIN_TOKEN, Api, Stack
 
 
 @contextmanager
 def booted(tmp_path_factory: pytest.TempPathFactory, amqp_url: str, *, databases: dict[str, str] | None = None,
-           otlp: OtlpReceiver | None = None, queue_type: str = "classic") -> Iterator[Stack]:
-    namespace = f"test-{uuid.uuid4().hex[:8]}."
-    ports = Ports.free()
+           otlp: OtlpReceiver | None = None, queue_type: str = "classic", namespace: str | None = None,
+           program_env: Callable[[Program], dict[str, str]] | None = None, ports: Ports | None = None
+           ) -> Iterator[Stack]:
+    """A topology booted for tests; `program_env(program)`: environment of that program's own (its broker user)."""
+    namespace = namespace or f"test-{uuid.uuid4().hex[:8]}."
+    ports = ports or Ports.free()
     # A copy of config-repo, so tests can change configuration live without touching the checkout.
     config_repo = tmp_path_factory.mktemp("config") / "config-repo"
     shutil.copytree(repo_root() / "config-repo", config_repo)
@@ -44,6 +48,8 @@ def booted(tmp_path_factory: pytest.TempPathFactory, amqp_url: str, *, databases
     extra_env = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url} if otlp else None
     spec = default_spec(ports, var_dir=tmp_path_factory.mktemp("var"), namespace=namespace, config_repo=config_repo,
                         amqp_url=amqp_url, databases=databases, extra_env=extra_env)
+    if program_env is not None:
+        spec = replace(spec, programs=tuple(replace(p, env={**p.env, **program_env(p)}) for p in spec.programs))
     topology = Topology(spec)
     took = topology.up(timeout=60)
     print(f"\ntopology up in {took:.1f} s on gateway port {ports.gateway}"

@@ -33,7 +33,8 @@ class RefreshListener:
     def __init__(self, rt: Runtime, on_refresh: Callable[[str], Awaitable[None]]) -> None:
         self.rt, self.on_refresh = rt, on_refresh
         self.exchange = f"{rt.namespace}msa.bus"
-        self.queue = f"{rt.namespace}msa.bus.{rt.instance_id}"
+        # Named after the service too: a service's broker user may declare only its own instances' queues (access.py).
+        self.queue = f"{rt.namespace}msa.bus.{rt.service}.{rt.instance_id}"
 
     async def start(self, connection: AbstractRobustConnection) -> None:
         channel = await connection.channel()
