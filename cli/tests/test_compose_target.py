@@ -65,10 +65,11 @@ def test_programs_ports_and_urls_come_from_the_compose_file():
     assert list(topo.canaries) == ["catalog-v2"]
     assert topo.canaries["catalog-v2"].port == 8203 and topo.canaries["catalog-v2"].env["MSA_VERSION"] == "v2"
     # Every program is a service built from the repo's image, named as its INSTANCE_ID, on its PORT; services of
-    # other profiles (e.g. `scale`'s replicas, with no published port) are not programs the CLI acts on.
+    # other profiles (e.g. `scale`'s replicas, with no published port) and one-shot jobs (`access`, which sets up
+    # the broker's users and Consul's tokens) are not programs the CLI acts on.
     raw = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
     for name, svc in raw.items():
-        if "build" in svc and not svc.get("profiles"):
+        if "build" in svc and not svc.get("profiles") and svc.get("restart") != "no":
             assert name in {p.name for p in spec.programs}, name
         elif "canary" not in (svc.get("profiles") or []):
             assert name not in {p.name for p in spec.programs} | set(topo.canaries), name

@@ -67,8 +67,8 @@ def with_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def programs(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The services that run our image (they have a build section)."""
-    return {name: svc for name, svc in config["services"].items() if "build" in svc}
+    """The services that run our image (they have a build section) and serve; not the one-shot `access` job."""
+    return {name: svc for name, svc in config["services"].items() if "build" in svc and name != "access"}
 
 
 def module_of(svc: dict[str, Any]) -> str:
@@ -379,14 +379,19 @@ def test_grafana_provisioning_parses_and_dashboards_use_the_provisioned_datasour
 
 def test_each_program_gets_only_the_secrets_it_needs(with_env: Path):
     """Compose reads .env for the ${…} substitutions; no program receives it whole: none holds the PostgreSQL
-    superuser's or Grafana's password, and each service holds only its own database's password."""
+    superuser's, Grafana's, the broker administrator's or Consul's management secret, and each holds only its
+    own database password, broker password and Consul token."""
     values = dict(line.split("=", 1) for line in (with_env / ".env").read_text().splitlines()
                   if line.strip() and not line.startswith("#"))
     own = {"user": "USER_DB_PASSWORD", "catalog": "CATALOG_DB_PASSWORD", "order": "ORDER_DB_PASSWORD"}
+    every = {f"{p.upper().replace('-', '_')}_{what}" for p in ACCESS_PROGRAM.values()
+             for what in ("AMQP_PASSWORD", "CONSUL_TOKEN")}
     for name, svc in programs(resolved(with_env)).items():
         env = " ".join(f"{k}={v}" for k, v in svc["environment"].items())
-        foreign = {"POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD"} | {
-            var for service, var in own.items() if not name.startswith(service)}
+        program = ACCESS_PROGRAM[module_of(svc)].upper().replace("-", "_")
+        foreign = {"POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "RABBITMQ_PASSWORD", "CONSUL_MANAGEMENT_TOKEN",
+                   "PROMETHEUS_CONSUL_TOKEN"} | {var for service, var in own.items() if not name.startswith(service)} \
+            | (every - {f"{program}_AMQP_PASSWORD", f"{program}_CONSUL_TOKEN"})
         held = sorted(var for var in foreign if values.get(var) and values[var] in env)
         assert not held, f"{name} receives {held}"
 
@@ -430,3 +435,95 @@ def test_the_dashboards_are_the_three_a_learner_opens_and_link_to_each_other():
             assert g["x"] + g["w"] <= 24, f"{uid}: {panel['title']} is wider than the grid"
             if panel["type"] != "row":
                 assert panel.get("description") and panel.get("targets"), f"{uid}: {panel['title']}"
+
+
+# ---- least privilege: msa_kit.access's set-up ---------------------------------------------------------------------
+
+ACCESS_PROGRAM = {"user": "user", "catalog": "catalog", "order": "order", "msa_gateway": "gateway",
+                  "msa_probe": "probe", "msa_console": "console", "msa_config_server": "config-server"}
+
+
+def _mount(svc: dict[str, Any], target: str) -> dict[str, Any]:
+    return next(v for v in svc["volumes"] if v["target"] == target)
+
+
+def test_access_runs_before_the_broker_and_the_programs_and_writes_where_they_read(config: dict[str, Any]):
+    services = config["services"]
+    access_svc = services["access"]
+    assert access_svc["restart"] == "no" and access_svc["depends_on"]["consul"]["condition"] == "service_healthy"
+    for name in ["rabbitmq", "prometheus", *programs(config)]:
+        assert services[name]["depends_on"]["access"]["condition"] == "service_completed_successfully", name
+    command = access_svc["command"]
+    definitions = Path(command[command.index("--definitions") + 1])
+    token = Path(command[command.index("--prometheus-token") + 1])
+    home = _mount(access_svc, "/var/lib/msa")
+    assert home["source"] == "access" and definitions.parent.parent == token.parent.parent == Path(home["target"])
+    broker = _mount(services["rabbitmq"], "/etc/rabbitmq/definitions")
+    assert broker["source"] == "access" and broker["volume"]["subpath"] == definitions.parent.name
+    assert broker["read_only"]
+    conf = (DEPLOY / "rabbitmq" / "definitions.conf").read_text()
+    assert f"load_definitions = {broker['target']}/{definitions.name}" in conf.splitlines()
+    assert "RABBITMQ_DEFAULT_USER" not in services["rabbitmq"].get("environment", {})  # seeded by definitions
+    prometheus = _mount(services["prometheus"], "/etc/prometheus/consul")
+    assert prometheus["source"] == "access" and prometheus["volume"]["subpath"] == token.parent.name
+    sd = yaml.safe_load(PROMETHEUS.read_text())["scrape_configs"][1]["consul_sd_configs"][0]
+    assert sd["authorization"]["credentials_file"] == f"{prometheus['target']}/{token.name}"
+
+
+def test_each_program_reaches_the_broker_and_consul_as_itself(with_env: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch):
+    """`access` run with the environment compose gives it (from .env.example) writes a definitions file in which
+    each program's AMQP_URL user exists with that password's hash, and sets up each program's CONSUL_HTTP_TOKEN."""
+    import base64
+    import hashlib
+
+    from msa_kit import access
+
+    config = resolved(with_env)
+    set_up: dict[str, str] = {}
+
+    async def apply(address: str, management: str, tokens: dict[str, str]) -> list[str]:
+        assert address == "consul:8500" and management == config["services"]["consul"]["environment"][
+            "CONSUL_HTTP_TOKEN"]
+        set_up.update(tokens)
+        return list(tokens)
+
+    monkeypatch.setattr(access, "apply_consul_acl", apply)
+    with mock.patch.dict(os.environ, config["services"]["access"]["environment"], clear=True):
+        access.main(["--definitions", str(tmp_path / "broker" / "d.json"),
+                     "--prometheus-token", str(tmp_path / "prometheus" / "token")])
+    document = json.loads((tmp_path / "broker" / "d.json").read_text())
+    hashes = {u["name"]: base64.b64decode(u["password_hash"]) for u in document["users"]}
+    assert (tmp_path / "prometheus" / "token").read_text() == set_up["prometheus"]
+    for name, svc in programs(config).items():
+        program = ACCESS_PROGRAM[module_of(svc)]
+        url = urlsplit(svc["environment"]["AMQP_URL"])
+        assert url.username == program, f"{name} reaches the broker as {url.username!r}"
+        raw = hashes[program]
+        assert raw[4:] == hashlib.sha256(raw[:4] + (url.password or "").encode()).digest(), name
+        assert svc["environment"]["CONSUL_HTTP_TOKEN"] == set_up[program], name
+        uuid_ok = re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", set_up[program])
+        assert uuid_ok, f"{name}: Consul wants a UUID for a token's SecretID"
+
+
+def test_consul_denies_what_carries_no_token(config: dict[str, Any]):
+    consul = config["services"]["consul"]
+    local = json.loads(consul["environment"]["CONSUL_LOCAL_CONFIG"])["acl"]
+    assert local["enabled"] is True and local["default_policy"] == "deny"
+    management = consul["environment"]["CONSUL_HTTP_TOKEN"]
+    assert local["tokens"] == {"initial_management": management, "agent": management}
+    assert "-dev" not in consul["command"] and "-server" in consul["command"]  # ACL state survives a restart
+    assert consul["healthcheck"]["test"][1:] == ["consul", "acl", "token", "read", "-self"]
+
+
+def test_toxiproxys_api_is_on_the_admin_network_only(config: dict[str, Any]):
+    services = config["services"]
+    toxiproxy = services["toxiproxy"]
+    address = toxiproxy["networks"]["admin"]["ipv4_address"]
+    assert f"-host={address}" in toxiproxy["command"] and toxiproxy["networks"]["admin"]["gw_priority"] > 0
+    assert urlsplit(toxiproxy["environment"]["TOXIPROXY_URL"]).hostname == address
+    on_admin = {name for name, svc in services.items() if "admin" in (svc.get("networks") or {})}
+    assert on_admin == {"toxiproxy", "console"}
+    assert urlsplit(services["console"]["environment"]["FAULTPROXY_URL"]).hostname == address
+    proxies = json.loads((DEPLOY / "toxiproxy" / "toxiproxy.json").read_text())
+    assert all(p["listen"].startswith("0.0.0.0:") for p in proxies)  # the proxies, not the API, on every network

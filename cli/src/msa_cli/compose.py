@@ -232,17 +232,18 @@ class ComposeTopology(HttpChecks):
         programs.sort(key=lambda p: (rank.get(p.name, len(rank)), p.name))
         var = Path(self.environ.get("MSA_VAR_DIR") or repo_root() / "var")
         rabbit = self.services.get("rabbitmq", {})
-        rabbit_env = _environment(rabbit)
+        # The broker's administrator and Consul's management token: what `access` sets up the stack with.
+        access_env = _environment(self.services.get("access", {}))
         amqp_port = next((pub for _, pub, target in _ports(rabbit) if target == 5672), 5672)
-        amqp = (f"amqp://{rabbit_env.get('RABBITMQ_DEFAULT_USER', 'guest')}:"
-                f"{rabbit_env.get('RABBITMQ_DEFAULT_PASS', 'guest')}@127.0.0.1:{amqp_port}/")
+        amqp = (f"amqp://{access_env.get('RABBITMQ_USER', 'guest')}:"
+                f"{access_env.get('RABBITMQ_PASSWORD', 'guest')}@127.0.0.1:{amqp_port}/")
         faultproxy = next(p for p in programs if p.name == "faultproxy")
         discovery = next(p for p in programs if p.name == "discovery")
         self.spec = TopologySpec(
             programs=tuple(programs), var_dir=var, directory=self.file.parent, discovery="discovery",
             env={"FAULTPROXY_URL": (self.environ.get("MSA_FAULTPROXY_URL") or faultproxy.url).rstrip("/"),
                  "CONSUL_HTTP_ADDR": f"127.0.0.1:{discovery.port}", "MSA_PROFILE": "docker"},
-            amqp_url=amqp, require_broker=False,
+            amqp_url=amqp, require_broker=False, discovery_token=access_env.get("CONSUL_MANAGEMENT_TOKEN", ""),
         )
         self.var_dir = self.spec.var_dir
 

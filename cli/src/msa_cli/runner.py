@@ -174,7 +174,8 @@ class HttpChecks:
     def _passing(self, client: httpx.Client, service: str) -> list[dict[str, Any]]:
         if not self.spec.discovery_url:
             return []
-        r = client.get(f"{self.spec.discovery_url}/v1/health/service/{service}?passing")
+        headers = {"X-Consul-Token": self.spec.discovery_token} if self.spec.discovery_token else None
+        r = client.get(f"{self.spec.discovery_url}/v1/health/service/{service}?passing", headers=headers)
         r.raise_for_status()
         return r.json() or []
 

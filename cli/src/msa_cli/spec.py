@@ -79,6 +79,7 @@ class TopologySpec:
     var_dir: Path
     directory: Path  # every program's working directory
     discovery: str | None = "discovery"  # the program answering Consul's /v1/health/service/<name>
+    discovery_token: str = ""  # Consul's ACL token for those questions (compose: the management token)
     env: dict[str, str] = field(default_factory=dict)  # shared by every program
     amqp_url: str = DEFAULT_AMQP_URL
     require_broker: bool = True  # preflight opens an AMQP connection before starting anything

@@ -13,6 +13,7 @@ and read only the services it calls, with `default_policy = "deny"` for everyone
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import hashlib
 import json
@@ -21,7 +22,9 @@ import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
+
+import httpx
 
 
 @dataclass(frozen=True)
@@ -119,34 +122,101 @@ def rabbitmq_definitions(passwords: dict[str, str], *, namespace: str = "", vhos
             "topic_permissions": topic_permissions}
 
 
+def consul_policy(program: str) -> str:
+    """The HCL rules of `program`'s Consul token: write its own service (register, deregister, pass its TTL check),
+    read the config server and the services it calls. Health answers are filtered by node too, so every program
+    reads the nodes (there is one in compose: the agent's)."""
+    grants = PROGRAMS[program]
+    rules = [f'service "{program}" {{ policy = "write" }}']
+    if "*" in grants.calls:
+        rules.append('service_prefix "" { policy = "read" }')
+    else:
+        rules += [f'service "{called}" {{ policy = "read" }}' for called in ("config-server", *grants.calls)
+                  if called != program]
+    rules.append('node_prefix "" { policy = "read" }')
+    return "\n".join(rules) + "\n"
+
+
+# Prometheus finds every instance through Consul: it reads every service and node (and no more).
+PROMETHEUS_POLICY = 'service_prefix "" { policy = "read" }\nnode_prefix "" { policy = "read" }\n'
+
+
+def consul_policies() -> dict[str, str]:
+    """Every token the stacks make, by name: one per program, and Prometheus's."""
+    return {**{program: consul_policy(program) for program in PROGRAMS}, "prometheus": PROMETHEUS_POLICY}
+
+
+async def apply_consul_acl(address: str, management_token: str, tokens: dict[str, str]) -> list[str]:
+    """Create or update, idempotently, a policy `msa-<name>` and a token with the chosen SecretID `tokens[name]`
+    (a UUID, from the stack's secrets) for each of consul_policies(). Returns the names it set up."""
+    headers = {"X-Consul-Token": management_token}
+    done = []
+    async with httpx.AsyncClient(base_url=f"http://{address.removeprefix('http://')}", headers=headers,
+                                 timeout=10) as consul:
+        for name, rules in consul_policies().items():
+            policy = {"Name": f"msa-{name}", "Description": f"msa-sandbox: {name}", "Rules": rules}
+            found = await consul.get(f"/v1/acl/policy/name/msa-{name}")
+            if found.status_code == 200:
+                r = await consul.put(f"/v1/acl/policy/{found.json()['ID']}", json=policy)
+            else:
+                r = await consul.put("/v1/acl/policy", json=policy)
+            r.raise_for_status()
+            token = {"Description": f"msa-sandbox: {name}", "Policies": [{"Name": f"msa-{name}"}]}
+            existing = await consul.get("/v1/acl/token/self", headers={"X-Consul-Token": tokens[name]})
+            if existing.status_code == 200:
+                r = await consul.put(f"/v1/acl/token/{existing.json()['AccessorID']}", json=token)
+            else:
+                r = await consul.put("/v1/acl/token", json={**token, "SecretID": tokens[name]})
+            r.raise_for_status()
+            done.append(name)
+    return done
+
+
 def env_name(program: str, what: str) -> str:
     """The environment variable holding a program's secret: CATALOG_AMQP_PASSWORD, CONFIG_SERVER_CONSUL_TOKEN."""
     return f"{program.upper().replace('-', '_')}_{what}"
 
 
-def _secrets_from_env(what: str) -> dict[str, str]:
-    missing = [env_name(p, what) for p in PROGRAMS if not os.environ.get(env_name(p, what))]
+def _secrets_from_env(what: str, names: Iterable[str] = PROGRAMS) -> dict[str, str]:
+    missing = [env_name(p, what) for p in names if not os.environ.get(env_name(p, what))]
     if missing:
         raise SystemExit(f"access: not set: {', '.join(missing)}")
-    return {p: os.environ[env_name(p, what)] for p in PROGRAMS}
+    return {p: os.environ[env_name(p, what)] for p in names}
+
+
+def _write(path: Path, text: str) -> None:
+    # Read by another container's user (the broker's, Prometheus's): the folder and file are world-readable; they
+    # hold salted hashes and one read-only token, never a password.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.chmod(0o755)
+    path.write_text(text)
+    path.chmod(0o644)
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The compose stack's `access` service, once before the broker starts and once Consul answers:
+    `python -m msa_kit.access --definitions FILE --prometheus-token FILE`, its secrets from the environment."""
     parser = argparse.ArgumentParser(prog="python -m msa_kit.access", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    rabbit = commands.add_parser("rabbitmq-definitions", help="write the broker's definitions file: a user per "
-                                 "program (<PROGRAM>_AMQP_PASSWORD) and the admin (RABBITMQ_USER/_PASSWORD)")
-    rabbit.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--definitions", type=Path, required=True,
+                        help="write the broker's definitions here: a user per program (<PROGRAM>_AMQP_PASSWORD) "
+                             "and the admin (RABBITMQ_USER, RABBITMQ_PASSWORD)")
+    parser.add_argument("--prometheus-token", type=Path, required=True,
+                        help="set up Consul's ACL (CONSUL_HTTP_ADDR, CONSUL_MANAGEMENT_TOKEN, <PROGRAM>_CONSUL_TOKEN, "
+                             "PROMETHEUS_CONSUL_TOKEN) and write Prometheus's token here")
     args = parser.parse_args(argv)
-    if args.command == "rabbitmq-definitions":
-        admin = (os.environ.get("RABBITMQ_USER", ""), os.environ.get("RABBITMQ_PASSWORD", ""))
-        if not all(admin):
-            raise SystemExit("access: RABBITMQ_USER and RABBITMQ_PASSWORD must be set")
-        document = rabbitmq_definitions(_secrets_from_env("AMQP_PASSWORD"), admin=admin)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(document, indent=2))
-        args.out.chmod(0o644)  # the broker runs as another uid; it holds salted hashes only
-        print(f"access: wrote {args.out}: users {', '.join(u['name'] for u in document['users'])}")
+    admin = (os.environ.get("RABBITMQ_USER", ""), os.environ.get("RABBITMQ_PASSWORD", ""))
+    if not all(admin):
+        raise SystemExit("access: RABBITMQ_USER and RABBITMQ_PASSWORD must be set")
+    document = rabbitmq_definitions(_secrets_from_env("AMQP_PASSWORD"), admin=admin)
+    _write(args.definitions, json.dumps(document, indent=2))
+    print(f"access: broker users {', '.join(u['name'] for u in document['users'])} -> {args.definitions}")
+    tokens = _secrets_from_env("CONSUL_TOKEN", consul_policies())
+    management = os.environ.get("CONSUL_MANAGEMENT_TOKEN", "")
+    if not management:
+        raise SystemExit("access: CONSUL_MANAGEMENT_TOKEN must be set")
+    done = asyncio.run(apply_consul_acl(os.environ.get("CONSUL_HTTP_ADDR", "127.0.0.1:8500"), management, tokens))
+    _write(args.prometheus_token, tokens["prometheus"])
+    print(f"access: Consul tokens {', '.join(done)}; Prometheus's -> {args.prometheus_token}")
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ class Instance:
 def consul_client(rt: Runtime) -> consul.aio.Consul:
     # consul.aio builds an aiohttp session, so it must be created inside the running loop (DESIGN §7).
     host, port = rt.consul_host_port
-    return consul.aio.Consul(host=host, port=port)
+    return consul.aio.Consul(host=host, port=port, token=rt.consul_http_token.get_secret_value() or None)
 
 
 async def _wait_listening(host: str, port: int, timeout: float = 10.0) -> None:

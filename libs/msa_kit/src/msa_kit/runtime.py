@@ -11,7 +11,7 @@ import os
 import socket
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -26,6 +26,9 @@ class Runtime(BaseSettings):
                                             "discovery (a container's name); unset: HOST")
     port: int = Field(0, validation_alias="PORT")
     consul_http_addr: str = Field("127.0.0.1:8500", validation_alias="CONSUL_HTTP_ADDR")
+    consul_http_token: SecretStr = Field(SecretStr(""), validation_alias="CONSUL_HTTP_TOKEN",
+                                         description="this program's ACL token (compose, Kubernetes: "
+                                                     "msa_kit.access); unset: none, as local mode's registry needs")
     config_server_url: str = Field("", validation_alias="CONFIG_SERVER_URL",
                                    description="unset: find `config-server` in discovery")
     amqp_url: str = Field("amqp://guest:guest@127.0.0.1:5672/", validation_alias="AMQP_URL")
@@ -76,6 +79,11 @@ class Runtime(BaseSettings):
         addr = self.consul_http_addr.removeprefix("http://").removeprefix("https://").rstrip("/")
         host, _, port = addr.rpartition(":")
         return (host or "127.0.0.1", int(port or 8500))
+
+    @property
+    def consul_headers(self) -> dict[str, str]:
+        token = self.consul_http_token.get_secret_value()
+        return {"X-Consul-Token": token} if token else {}
 
     def path(self, *parts: str) -> Path:
         """A path under the var dir, created on demand (runtime state never lives in the tree)."""

@@ -154,7 +154,8 @@ async def fetch_config(rt: Runtime, *, attempts: int | None = None, fallback: bo
 
 async def _discover_config_server(http: httpx.AsyncClient, rt: Runtime) -> str:
     host, port = rt.consul_host_port
-    r = await http.get(f"http://{host}:{port}/v1/health/service/config-server", params={"passing": "1"})
+    r = await http.get(f"http://{host}:{port}/v1/health/service/config-server", params={"passing": "1"},
+                       headers=rt.consul_headers)
     r.raise_for_status()
     entries = r.json()
     if not entries:
