@@ -491,7 +491,7 @@ def test_each_program_reaches_the_broker_and_consul_as_itself(with_env: Path, tm
     monkeypatch.setattr(access, "apply_consul_acl", apply)
     with mock.patch.dict(os.environ, config["services"]["access"]["environment"], clear=True):
         access.main(["--definitions", str(tmp_path / "broker" / "d.json"),
-                     "--prometheus-token", str(tmp_path / "prometheus" / "token")])
+                     "--consul", "--prometheus-token", str(tmp_path / "prometheus" / "token")])
     document = json.loads((tmp_path / "broker" / "d.json").read_text())
     hashes = {u["name"]: base64.b64decode(u["password_hash"]) for u in document["users"]}
     assert (tmp_path / "prometheus" / "token").read_text() == set_up["prometheus"]

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import kubernetes_validate
 import pytest
 import yaml
+from msa_kit import access
 from msa_kit.app import GRACEFUL_S
 from msa_kit.platform import EventSettings, PlatformSettings, RegistrySettings
 from msa_kit.runtime import Runtime
@@ -210,13 +211,31 @@ def test_the_kubernetes_profile_is_served_and_valid():
 
 # ---- the objects against each other and against what the operators make ----------------------------------------
 
+def install_script_secrets() -> dict[str, set[str]]:
+    """The Secrets install.sh makes, with their keys: msa-secrets, and per program (its PROGRAMS) a broker user's
+    credentials and a Consul token."""
+    script = (K8S / "install.sh").read_text()
+    programs = install_script_programs()
+    made = {"msa-secrets": set(re.findall(r"--from-literal=([a-z-]+)=\"\$\{", script))}
+    assert "--from-literal=username=\"$p\" --from-literal=password=" in script
+    made |= {f"msa-broker-{p}": {"username", "password"} for p in programs}
+    assert '--from-literal=$p=$(make_secret uuid)' in script
+    made["msa-consul-tokens"] = set(programs)
+    return made
+
+
+def install_script_programs() -> list[str]:
+    (line,) = re.findall(r'^PROGRAMS="([^"]+)"', (K8S / "install.sh").read_text(), re.MULTILINE)
+    return line.split()
+
+
 def test_every_hostname_and_secret_a_program_names_exists(overlay, infra):
     name, docs = overlay
     services = set(of_kind(docs, "Service")) | CHART_SERVICES
     cached = infra[name]
     rabbit = set(of_kind(cached, "RabbitmqCluster"))
     databases = set(of_kind(cached, "Cluster"))
-    made = {"msa-secrets": set(re.findall(r"--from-literal=([\w-]+)=", (K8S / "install.sh").read_text()))}
+    made = install_script_secrets()
     made |= {f"{c}-default-user": OPERATOR_SECRET_KEYS["default-user"] for c in rabbit}
     made |= {f"{c}-app": OPERATOR_SECRET_KEYS["app"] for c in databases}
     for dname, d in of_kind(docs, "Deployment").items():
@@ -325,8 +344,61 @@ def test_grafana_gets_the_datasource_uids_the_dashboards_use():
 def test_install_script_pins_every_chart_and_operator():
     script = (K8S / "install.sh").read_text()
     pins = dict(re.findall(r"^([A-Z_]+)=(v?\d+\.\d+\.\d+)\s", script, re.MULTILINE))
-    assert set(pins) == {"CONSUL_CHART", "RABBITMQ_OPERATOR", "CNPG", "KUBE_PROMETHEUS_STACK", "JAEGER_CHART"}
+    assert set(pins) == {"CONSUL_CHART", "RABBITMQ_OPERATOR", "CNPG", "KUBE_PROMETHEUS_STACK", "JAEGER_CHART",
+                         "CERT_MANAGER", "TOPOLOGY_OPERATOR"}
     assert script.count("--version") == 3 and "latest" not in script
     readme = (ROOT / "README.md").read_text()
     for version in pins.values():
         assert version.lstrip("v") in readme, f"README's 'Beyond one machine' does not name {version}"
+
+
+# ---- least privilege: msa_kit.access's objects -------------------------------------------------------------------
+
+def test_install_script_makes_a_broker_user_and_a_consul_token_for_every_program_of_the_access_table():
+    assert sorted(install_script_programs()) == sorted(access.PROGRAMS)
+
+
+def test_each_broker_user_has_exactly_the_permissions_of_the_access_table(infra):
+    for overlay_docs in infra.values():
+        users, permissions = of_kind(overlay_docs, "User"), of_kind(overlay_docs, "Permission")
+        topics = of_kind(overlay_docs, "TopicPermission")
+        assert set(users) == set(permissions) == set(topics) == {f"msa-{p}" for p in access.PROGRAMS}
+        for program in access.PROGRAMS:
+            name, grant = f"msa-{program}", access.broker_permissions(program)
+            assert users[name]["spec"]["importCredentialsSecret"]["name"] == f"msa-broker-{program}"
+            for obj in (users[name], permissions[name], topics[name]):
+                assert obj["spec"]["rabbitmqClusterReference"]["name"] in of_kind(overlay_docs, "RabbitmqCluster")
+            assert permissions[name]["spec"]["userReference"]["name"] == name
+            assert permissions[name]["spec"]["permissions"] == grant.as_dict()
+            assert topics[name]["spec"]["permissions"] == {"exchange": grant.topic_exchange,
+                                                           "write": grant.topic_write, "read": ".*"}
+
+
+def test_each_program_reaches_the_broker_and_consul_as_itself(overlay):
+    _, docs = overlay
+    for name, d in of_kind(docs, "Deployment").items():
+        app = container(d)
+        refs = {v["name"]: v["valueFrom"]["secretKeyRef"] for v in app["env"] if "secretKeyRef" in v.get("valueFrom", {})}
+        assert refs["AMQP_USERNAME"] == {"name": f"msa-broker-{name}", "key": "username"}, name
+        assert refs["AMQP_PASSWORD"] == {"name": f"msa-broker-{name}", "key": "password"}, name
+        assert refs["CONSUL_HTTP_TOKEN"] == {"name": "msa-consul-tokens", "key": name}, name
+        env, _ = environment(app)
+        url = urlsplit(env["AMQP_URL"])
+        assert (url.username, url.password, url.hostname) == ("username-value", "password-value", "msa-rabbitmq")
+
+
+def test_consul_denies_by_default_and_a_job_gives_each_program_its_token(infra):
+    values = yaml.safe_load((K8S / "values" / "consul.yaml").read_text())
+    assert values["global"]["acls"]["manageSystemACLs"] is True
+    for overlay_docs in infra.values():
+        job = of_kind(overlay_docs, "Job")["msa-consul-acl"]
+        (app,) = job["spec"]["template"]["spec"]["containers"]
+        assert app["command"] == ["python", "-m", "msa_kit.access", "--consul"] and app["image"] == "msa-sandbox:dev"
+        env = {v["name"]: v.get("value") or v["valueFrom"]["secretKeyRef"] for v in app["env"]}
+        # The chart's bootstrap token and server Service, named after global.name.
+        assert env["CONSUL_MANAGEMENT_TOKEN"] == {"name": f"{values['global']['name']}-bootstrap-acl-token",
+                                                  "key": "token"}
+        assert env["CONSUL_HTTP_ADDR"] == f"{values['global']['name']}-server:8500"
+        for program in access.PROGRAMS:
+            assert env[access.env_name(program, "CONSUL_TOKEN")] == {"name": "msa-consul-tokens", "key": program}
+        assert job["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True

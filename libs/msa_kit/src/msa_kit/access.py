@@ -148,12 +148,27 @@ def consul_policies() -> dict[str, str]:
 
 async def apply_consul_acl(address: str, management_token: str, tokens: dict[str, str]) -> list[str]:
     """Create or update, idempotently, a policy `msa-<name>` and a token with the chosen SecretID `tokens[name]`
-    (a UUID, from the stack's secrets) for each of consul_policies(). Returns the names it set up."""
+    (a UUID, from the stack's secrets) for each name of consul_policies() in `tokens`. Consul may still be
+    electing its leader: it is retried for up to a minute. Returns the names it set up."""
+    for attempt in range(30):
+        try:
+            return await _apply_consul_acl(address, management_token, tokens)
+        except httpx.HTTPError as exc:
+            if attempt == 29:
+                raise SystemExit(f"access: Consul at {address} did not take the ACL set-up: {exc}") from None
+            print(f"access: Consul not ready ({exc}); retrying")
+            await asyncio.sleep(2)
+    raise AssertionError("unreachable")
+
+
+async def _apply_consul_acl(address: str, management_token: str, tokens: dict[str, str]) -> list[str]:
     headers = {"X-Consul-Token": management_token}
     done = []
     async with httpx.AsyncClient(base_url=f"http://{address.removeprefix('http://')}", headers=headers,
                                  timeout=10) as consul:
         for name, rules in consul_policies().items():
+            if name not in tokens:
+                continue
             policy = {"Name": f"msa-{name}", "Description": f"msa-sandbox: {name}", "Rules": rules}
             found = await consul.get(f"/v1/acl/policy/name/msa-{name}")
             if found.status_code == 200:
@@ -194,29 +209,39 @@ def _write(path: Path, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The compose stack's `access` service, once before the broker starts and once Consul answers:
-    `python -m msa_kit.access --definitions FILE --prometheus-token FILE`, its secrets from the environment."""
+    """`python -m msa_kit.access [--definitions FILE] [--consul [--prometheus-token FILE]]`, secrets from the
+    environment. The compose stack's `access` service does both; Kubernetes' Job only Consul (the broker's users
+    are the topology operator's objects there)."""
     parser = argparse.ArgumentParser(prog="python -m msa_kit.access", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--definitions", type=Path, required=True,
+    parser.add_argument("--definitions", type=Path,
                         help="write the broker's definitions here: a user per program (<PROGRAM>_AMQP_PASSWORD) "
-                             "and the admin (RABBITMQ_USER, RABBITMQ_PASSWORD)")
-    parser.add_argument("--prometheus-token", type=Path, required=True,
-                        help="set up Consul's ACL (CONSUL_HTTP_ADDR, CONSUL_MANAGEMENT_TOKEN, <PROGRAM>_CONSUL_TOKEN, "
-                             "PROMETHEUS_CONSUL_TOKEN) and write Prometheus's token here")
+                             "and the administrator (RABBITMQ_USER, RABBITMQ_PASSWORD)")
+    parser.add_argument("--consul", action="store_true",
+                        help="set up Consul's ACL: a policy and token per program (<PROGRAM>_CONSUL_TOKEN) at "
+                             "CONSUL_HTTP_ADDR with CONSUL_MANAGEMENT_TOKEN")
+    parser.add_argument("--prometheus-token", type=Path,
+                        help="with --consul: Prometheus's token too (PROMETHEUS_CONSUL_TOKEN), written here")
     args = parser.parse_args(argv)
-    admin = (os.environ.get("RABBITMQ_USER", ""), os.environ.get("RABBITMQ_PASSWORD", ""))
-    if not all(admin):
-        raise SystemExit("access: RABBITMQ_USER and RABBITMQ_PASSWORD must be set")
-    document = rabbitmq_definitions(_secrets_from_env("AMQP_PASSWORD"), admin=admin)
-    _write(args.definitions, json.dumps(document, indent=2))
-    print(f"access: broker users {', '.join(u['name'] for u in document['users'])} -> {args.definitions}")
-    tokens = _secrets_from_env("CONSUL_TOKEN", consul_policies())
-    management = os.environ.get("CONSUL_MANAGEMENT_TOKEN", "")
-    if not management:
-        raise SystemExit("access: CONSUL_MANAGEMENT_TOKEN must be set")
-    done = asyncio.run(apply_consul_acl(os.environ.get("CONSUL_HTTP_ADDR", "127.0.0.1:8500"), management, tokens))
-    _write(args.prometheus_token, tokens["prometheus"])
-    print(f"access: Consul tokens {', '.join(done)}; Prometheus's -> {args.prometheus_token}")
+    if not (args.definitions or args.consul) or (args.prometheus_token and not args.consul):
+        parser.error("give --definitions, --consul or both (--prometheus-token goes with --consul)")
+    if args.definitions:
+        admin = (os.environ.get("RABBITMQ_USER", ""), os.environ.get("RABBITMQ_PASSWORD", ""))
+        if not all(admin):
+            raise SystemExit("access: RABBITMQ_USER and RABBITMQ_PASSWORD must be set")
+        document = rabbitmq_definitions(_secrets_from_env("AMQP_PASSWORD"), admin=admin)
+        _write(args.definitions, json.dumps(document, indent=2))
+        print(f"access: broker users {', '.join(u['name'] for u in document['users'])} -> {args.definitions}")
+    if args.consul:
+        names = [*PROGRAMS, *(["prometheus"] if args.prometheus_token else [])]
+        tokens = _secrets_from_env("CONSUL_TOKEN", names)
+        management = os.environ.get("CONSUL_MANAGEMENT_TOKEN", "")
+        if not management:
+            raise SystemExit("access: CONSUL_MANAGEMENT_TOKEN must be set")
+        address = os.environ.get("CONSUL_HTTP_ADDR", "127.0.0.1:8500")
+        done = asyncio.run(apply_consul_acl(address, management, tokens))
+        if args.prometheus_token:
+            _write(args.prometheus_token, tokens["prometheus"])
+        print(f"access: Consul policies and tokens for {', '.join(done)}")
 
 
 if __name__ == "__main__":
