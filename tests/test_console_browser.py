@@ -6,6 +6,7 @@ refuse. A screenshot of each state goes under var/console-screens/, and any Java
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -55,6 +56,15 @@ def page(browser, stack: Stack):
     assert not errors, f"JavaScript errors on the page: {errors}"
 
 
+def wait_placed(page, count: int, timeout_s: float = 20.0) -> None:
+    """Until the console's load panel counts `count` placed orders. Polled from here: Playwright's
+    wait_for_function evaluates a string in the page, which the gateway's CSP (no 'unsafe-eval') refuses."""
+    deadline = time.monotonic() + timeout_s
+    while (placed := int(page.inner_text("#load-placed") or 0)) < count:
+        assert time.monotonic() < deadline, f"{placed} orders placed after {timeout_s:.0f} s, not {count}"
+        page.wait_for_timeout(200)
+
+
 def shot(page, name: str) -> None:
     page.screenshot(path=str(SCREENS / f"{name}.png"), full_page=True)
 
@@ -83,7 +93,7 @@ def test_watch_crash_and_recover_an_instance_then_sign_out(page, stack: Stack):
     page.fill("#load-rate", "10")
     page.click("#load-apply")
     page.locator('#load-status[data-running="true"]').wait_for()
-    page.wait_for_function("Number(document.getElementById('load-placed').textContent) >= 10")
+    wait_placed(page, 10)
 
     # Crash one catalog instance: it goes critical, then supervisord brings it back.
     try:
@@ -95,7 +105,7 @@ def test_watch_crash_and_recover_an_instance_then_sign_out(page, stack: Stack):
         page.locator("#changes li", has_text=f"{VICTIM}: critical → passing").wait_for()
         # Orders kept flowing through the other catalog instance: placed more, failed none.
         placed = int(page.inner_text("#load-placed"))
-        page.wait_for_function(f"Number(document.getElementById('load-placed').textContent) >= {placed + 10}")
+        wait_placed(page, placed + 10)
         assert page.inner_text("#load-failed") == "0", page.inner_text("#load-failures")
         shot(page, "3-recovered")
     finally:
@@ -122,3 +132,17 @@ def test_watch_crash_and_recover_an_instance_then_sign_out(page, stack: Stack):
     # Playwright's sync API holds this thread's event loop; assert_healed runs one of its own.
     with ThreadPoolExecutor(1) as other_thread:
         other_thread.submit(assert_healed, stack).result()
+
+
+def test_the_api_docs_render_from_the_gateway_alone_under_its_strict_csp(page, stack: Stack):
+    """Swagger UI at /docs: every script and style from the gateway's own origin (no CDN; this machine has no
+    internet), the Content-Security-Policy refusing inline script and style — and the page still lists the API.
+    A CSP violation is a console error, which fails the test (the `page` fixture)."""
+    requested: list[str] = []
+    page.on("request", lambda r: requested.append(r.url))
+    answer = page.goto(stack.gateway + "/docs")
+    assert "script-src 'self'" in answer.headers["content-security-policy"]
+    page.get_by_text("/api/orders", exact=True).first.wait_for()
+    assert page.locator(".opblock").count() >= 8  # one block per operation of the aggregated document
+    assert all(url.startswith(stack.gateway) or url.startswith("data:") for url in requested), requested
+    shot(page, "docs")

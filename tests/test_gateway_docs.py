@@ -4,6 +4,7 @@ response with a documented status matches its documented schema."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import httpx
@@ -31,7 +32,10 @@ def test_docs_aggregate_every_service_under_its_public_prefix(stack: Stack):
     assert "security" not in paths["/api/catalog/products"]["get"]
     assert "x-unavailable" not in doc["info"]
     page = httpx.get(f"{stack.gateway}/docs", timeout=5)
-    assert page.status_code == 200 and "swagger-ui" in page.text and "/openapi.json" in page.text
+    assert page.status_code == 200 and 'id="swagger-ui"' in page.text and "//" not in page.text  # no CDN
+    for asset in re.findall(r'(?:src|href)="(/docs/[^"]+)"', page.text):  # every asset from the gateway itself
+        assert httpx.get(f"{stack.gateway}{asset}", timeout=5).status_code == 200, asset
+    assert "/openapi.json" in httpx.get(f"{stack.gateway}/docs/docs.js", timeout=5).text
 
 
 def test_generated_requests_through_the_gateway_find_no_5xx_and_no_schema_violation(stack: Stack, api: Api):

@@ -255,15 +255,32 @@ def test_security_headers_and_cors_from_config(stack: Stack):
     http = httpx.Client(base_url=stack.gateway, timeout=5)
     for r in (http.get("/api/catalog/products"), http.get("/api/nowhere"), http.get("/health")):
         assert r.headers["x-content-type-options"] == "nosniff" and r.headers["referrer-policy"] == "no-referrer"
-    pre = http.options("/api/orders", headers={"Origin": "http://localhost:3000",
-                                              "Access-Control-Request-Method": "POST",
-                                              "Access-Control-Request-Headers": "authorization, content-type"})
-    assert pre.status_code == 204 and pre.headers["access-control-allow-origin"] == "http://localhost:3000"
-    assert "authorization" in pre.headers["access-control-allow-headers"]
-    actual = http.get("/api/catalog/products", headers={"Origin": "http://localhost:3000"})
-    assert actual.headers["access-control-allow-origin"] == "http://localhost:3000"
-    is_problem(http.options("/api/orders", headers={"Origin": "https://evil.example",
-                                                   "Access-Control-Request-Method": "POST"}), 403)
+        assert "default-src 'self'" in r.headers["content-security-policy"]
+    origin = "http://localhost:5173"
+
+    def preflight(who: str) -> httpx.Response:
+        return http.options("/api/orders", headers={"Origin": who, "Access-Control-Request-Method": "POST",
+                                                   "Access-Control-Request-Headers": "authorization, content-type"})
+
+    # By default no origin but the gateway's own may call the API from a browser.
+    is_problem(preflight(origin), 403)
+    assert "access-control-allow-origin" not in http.get("/api/catalog/products", headers={"Origin": origin}).headers
+    path = stack.config_repo / "gateway.yml"
+    original = path.read_text()
+    path.write_text(original + f"\n---\ngateway: {{cors: {{allow_origins: ['{origin}']}}}}\n")
+    try:
+        refresh(stack)
+        wait_until(lambda: preflight(origin).status_code == 204)
+        pre = preflight(origin)
+        assert pre.headers["access-control-allow-origin"] == origin
+        assert "authorization" in pre.headers["access-control-allow-headers"]
+        actual = http.get("/api/catalog/products", headers={"Origin": origin})
+        assert actual.headers["access-control-allow-origin"] == origin
+        is_problem(preflight("https://evil.example"), 403)
+    finally:
+        path.write_text(original)
+        refresh(stack)
+        wait_until(lambda: preflight(origin).status_code == 403)
 
 
 def test_access_log_lines_are_json_with_route_upstream_and_trace(stack: Stack, api: Api):

@@ -16,7 +16,6 @@ from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
 import httpx
-from fastapi.openapi.docs import get_swagger_ui_html
 from opentelemetry.instrumentation.httpx import AsyncOpenTelemetryTransport
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
@@ -40,7 +39,7 @@ from msa_kit.tracing import shutdown_tracing
 
 from .accesslog import AccessLog
 from .asgi import AsgiExchange, Exchange, Headers
-from .docs import DocsCache, DocsSection
+from .docs import SWAGGER_FILES, DocsCache, DocsSection, docs_page
 from .policy import Cors, CorsSection, security_headers
 from .proxy import Config, Proxy
 from .ratelimit import Buckets, buckets
@@ -76,7 +75,8 @@ def compile_config(section: GatewaySection) -> Config:
 
 
 LOCAL_PATHS = frozenset({"/health", "/metrics", "/gateway/routes", "/admin/config", "/admin/faults", "/admin/crash",
-                         "/admin/resilience", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
+                         "/admin/resilience", "/docs", "/openapi.json", "/docs/oauth2-redirect",
+                         *SWAGGER_FILES})
 
 
 def build_app(rt: Runtime, config: ConfigSnapshot, settings: GatewaySettings) -> "Gateway":
@@ -252,8 +252,11 @@ class Gateway:
             return Response(json.dumps(doc), media_type="application/json")
 
         async def docs(_request: Request) -> HTMLResponse:
-            return get_swagger_ui_html(openapi_url="/openapi.json", title=self.section.docs.title,
-                                       swagger_ui_parameters={"persistAuthorization": True})
+            return HTMLResponse(docs_page(self.section.docs.title))
+
+        async def docs_file(request: Request) -> Response:
+            path, media_type = SWAGGER_FILES[request.url.path]
+            return Response(path.read_bytes(), media_type=media_type, headers={"cache-control": "max-age=3600"})
 
         return Starlette(routes=[HttpRoute("/health", health), HttpRoute("/metrics", metrics),
                                  HttpRoute("/gateway/routes", admin(routes)),
@@ -261,5 +264,6 @@ class Gateway:
                                  HttpRoute("/admin/faults", admin(faults), methods=["GET", "POST", "DELETE"]),
                                  HttpRoute("/admin/crash", admin(crash), methods=["POST"]),
                                  HttpRoute("/admin/resilience", admin(resilience)),
-                                 HttpRoute("/openapi.json", openapi), HttpRoute("/docs", docs)],
+                                 HttpRoute("/openapi.json", openapi), HttpRoute("/docs", docs),
+                                 *(HttpRoute(path, docs_file) for path in SWAGGER_FILES)],
                          lifespan=lifespan)

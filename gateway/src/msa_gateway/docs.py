@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import html
 import logging
 import time
+from importlib import resources
 from typing import Any
 
 import httpx
@@ -161,3 +163,27 @@ class DocsCache:
         r = await (self.http if is_service else self.direct).get(url, timeout=2.0)
         r.raise_for_status()
         return r.json()
+
+
+# ---- the page: Swagger UI from this origin (fastapi-offline's copy), so the strict CSP holds and no CDN is asked ---
+
+SWAGGER_FILES = {"/docs/swagger-ui-bundle.js": (resources.files("fastapi_offline") / "static/swagger-ui-bundle.js",
+                                                "text/javascript"),
+                 "/docs/swagger-ui.css": (resources.files("fastapi_offline") / "static/swagger-ui.css", "text/css"),
+                 "/docs/docs.js": (resources.files("msa_gateway") / "static/docs.js", "text/javascript")}
+
+
+def docs_page(title: str) -> str:
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <title>{html.escape(title)}</title>
+  <link rel="icon" href="data:,">
+  <link rel="stylesheet" href="/docs/swagger-ui.css">
+  <script src="/docs/swagger-ui-bundle.js" defer></script>
+  <script src="/docs/docs.js" defer></script>
+</head>
+<body><div id="swagger-ui"></div></body>
+</html>
+"""

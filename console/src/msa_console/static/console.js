@@ -17,9 +17,14 @@ let latest = null;
 
 const $ = (id) => document.getElementById(id);
 
+// `style` is an object applied through the CSSOM (node.style), never a style attribute: the gateway's
+// Content-Security-Policy refuses inline style attributes.
 function el(tag, attrs = {}, text = "") {
   const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "style") Object.assign(node.style, v);
+    else node.setAttribute(k, v);
+  }
   if (text !== "") node.textContent = text;
   return node;
 }
@@ -334,15 +339,15 @@ async function showTrace(id) {
     `trace ${doc.trace_id} · ${(doc.duration_us / 1000).toFixed(1)} ms · ${doc.spans} spans · ${doc.services.join(", ")}`);
   const rows = doc.rows.map((r) => {
     const row = el("div", { class: `span-row${r.error ? " error" : ""}`, "data-span": r.span_id });
-    const label = el("span", { class: "span-label", style: `padding-left:${r.depth * 12}px` },
+    const label = el("span", { class: "span-label", style: { paddingLeft: `${r.depth * 12}px` } },
       `${r.instance || r.service} ${r.operation}`);
     const lane = el("span", { class: "lane" });
     if (r.queued_us) {
-      lane.append(el("span", { class: "queued", style: `left:${100 * (r.offset_us - r.queued_us) / total}%;` +
-        `width:${100 * r.queued_us / total}%`, title: `queued ${(r.queued_us / 1000).toFixed(1)} ms` }));
+      lane.append(el("span", { class: "queued", style: { left: `${100 * (r.offset_us - r.queued_us) / total}%`,
+        width: `${100 * r.queued_us / total}%` }, title: `queued ${(r.queued_us / 1000).toFixed(1)} ms` }));
     }
-    lane.append(el("span", { class: `bar kind-${r.kind.toLowerCase()}`, style: `left:${100 * r.offset_us / total}%;` +
-      `width:${Math.max(0.4, 100 * r.duration_us / total)}%`, title: `${r.kind} ${r.description || ""}` }));
+    lane.append(el("span", { class: `bar kind-${r.kind.toLowerCase()}`, style: { left: `${100 * r.offset_us / total}%`,
+      width: `${Math.max(0.4, 100 * r.duration_us / total)}%` }, title: `${r.kind} ${r.description || ""}` }));
     row.append(label, lane, el("span", { class: "span-ms" },
       `${(r.duration_us / 1000).toFixed(1)} ms${r.error ? " ERROR" : ""}`));
     return row;
