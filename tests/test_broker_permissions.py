@@ -20,8 +20,8 @@ import aio_pika
 import aiormq.exceptions
 import pytest
 
-from conftest import booted
-from msa_cli.spec import Program, via_proxy
+from stacks import booted
+from msa_cli.spec import Ports, Program, via_proxy
 from msa_kit.access import PROGRAMS, broker_user, rabbitmq_definitions
 from support import Api, Stack
 
@@ -55,16 +55,13 @@ def acl_stack(tmp_path_factory: pytest.TempPathFactory, amqp_url: str) -> Iterat
     urls = {p: f"amqp://{broker_user(p, namespace)}:{pw}@{host}:{urlsplit(amqp_url).port or 5672}/"
             for p, pw in passwords.items()}
 
+    ports = Ports.free()
+
     def own_user(program: Program) -> dict[str, str]:
         service = service_of(program)
-        return {"AMQP_URL": via_proxy(urls[service], port_of_proxy)} if service else {}
+        return {"AMQP_URL": via_proxy(urls[service], ports.broker_proxy)} if service else {}
 
-    port_of_proxy = 0
     try:
-        from msa_cli.spec import Ports
-
-        ports = Ports.free()
-        port_of_proxy = ports.broker_proxy
         with booted(tmp_path_factory, amqp_url, namespace=namespace, program_env=own_user, ports=ports) as stack:
             yield stack, urls
     finally:
