@@ -201,7 +201,7 @@ def run_module(name: str, quick: bool, log_dir: Path, run_marker: str) -> dict:
 
 def leftovers(marker: str) -> list[tuple[int, str]]:
     """Live processes started by a benchmark of this run (they carry MSA_BENCH_RUN=<marker>), but not us."""
-    from msa_cli.runner import processes_carrying
+    from msa_cli.processes import processes_carrying
 
     found = []
     for pid in processes_carrying("MSA_BENCH_RUN", marker):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from msa_cli.runner import TopologyError
+from msa_cli.errors import TopologyError
 from support import Api, Stack
 from test_discovery_outage import HEARTBEAT_S, TOLERANCE_S, TTL_S, Traffic, deepest_stock, heal
 

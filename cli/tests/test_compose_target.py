@@ -27,7 +27,8 @@ import yaml
 from typer.testing import CliRunner
 
 from msa_cli import app as app_module
-from msa_cli.compose import ComposeTopology, _ports, admin_token, read_dotenv
+from msa_cli.compose import ComposeTopology
+from msa_cli.compose_config import admin_token, published_ports, read_dotenv
 from msa_cli.spec import DEMO_ADMIN_TOKEN, default_spec, free_ports, repo_root
 
 runner = CliRunner()
@@ -122,7 +123,7 @@ def test_consul_addresses_map_to_published_ports():
 def test_mapping_follows_the_published_port_not_the_container_port(tmp_path):
     file = remapped_compose_file(tmp_path)
     topo = ComposeTopology(file, environ={})
-    published = {name: pub for name, svc in topo.services.items() for _, pub, target in _ports(svc)
+    published = {name: pub for name, svc in topo.services.items() for _, pub, target in published_ports(svc)
                  if target == 8202}
     assert topo.host_address("catalog-2", 8202) == ("127.0.0.1", published["catalog-2"])
     assert topo.spec.program("catalog-2").port == published["catalog-2"] != 8202
@@ -282,7 +283,7 @@ def remapped_compose_file(tmp_path: Path) -> Path:
     """docker-compose.yml with every published port moved to a free loopback port (container ports unchanged)."""
     text = COMPOSE_FILE.read_text().replace("${POSTGRES_PUBLISHED_PORT:-5432}", "5432")
     data = yaml.safe_load(text)
-    published = sorted({pub for svc in data["services"].values() for _, pub, _ in _ports(svc)})
+    published = sorted({pub for svc in data["services"].values() for _, pub, _ in published_ports(svc)})
     fresh = dict(zip(published, free_ports(len(published))))
     for old, new in fresh.items():
         text = text.replace(f'"127.0.0.1:{old}:', f'"127.0.0.1:{new}:')
@@ -290,7 +291,7 @@ def remapped_compose_file(tmp_path: Path) -> Path:
     file.parent.mkdir(exist_ok=True)
     file.write_text(text)
     assert all(pub in fresh.values() for svc in yaml.safe_load(text)["services"].values() for _, pub, _ in
-               _ports(svc))
+               published_ports(svc))
     return file
 
 

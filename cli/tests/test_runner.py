@@ -13,7 +13,7 @@ import pytest
 
 from msa_cli import AlreadyRunning, Program, StartupTimeout, Topology, free_ports
 from msa_cli.preflight import port_in_use
-from msa_cli.runner import _alive
+from msa_cli.processes import alive
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -48,7 +48,7 @@ def test_killed_program_is_restarted_by_supervisord(running: Topology):
     old = running.kill("catalog-1")
     new = wait_for(lambda: (pid := running.pid("catalog-1")) and pid != old and pid, what="a new catalog-1 pid")
     assert new != old
-    assert not _alive(old)
+    assert not alive(old)
     running.wait_passing("catalog", 2, timeout=10)
 
 
@@ -65,7 +65,7 @@ def test_status_reports_state_health_and_discovery(running: Topology):
     assert set(rows) == {"discovery", "config-server", "catalog-1", "catalog-2"}
     for r in rows.values():
         assert (r.state, r.healthy, r.health) == ("RUNNING", True, "200")
-        assert r.pid and _alive(r.pid)
+        assert r.pid and alive(r.pid)
     assert rows["discovery"].passing is None  # does not register itself
     assert rows["catalog-1"].passing is True
 
@@ -84,7 +84,7 @@ def test_down_leaves_no_process_and_no_listening_port(tmp_path: Path, fake_spec)
 
     assert topo.down() is True
 
-    assert not [pid for pid in [supervisord, *children] if _alive(pid)]
+    assert not [pid for pid in [supervisord, *children] if alive(pid)]
     assert not [port for port in ports if port_in_use(port)]
     assert topo._leftover_pids() == []
     assert not topo.socket_path.exists()
@@ -98,11 +98,11 @@ def test_down_sweeps_processes_that_outlived_supervisord(tmp_path: Path, fake_sp
     children = [r.pid for r in topo.status()]
     os.kill(int(topo.pidfile.read_text()), signal.SIGKILL)
     wait_for(lambda: not topo.is_running(), what="supervisord to die")
-    assert all(_alive(pid) for pid in children)
+    assert all(alive(pid) for pid in children)
 
     assert topo.down(timeout=10) is True
 
-    assert not [pid for pid in children if _alive(pid)]
+    assert not [pid for pid in children if alive(pid)]
     assert not [p.port for p in topo.spec.programs if port_in_use(p.port)]
 
 

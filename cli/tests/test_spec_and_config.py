@@ -12,7 +12,7 @@ from supervisor.datatypes import dict_of_key_value_pairs
 
 from msa_cli import Ports, Program, Topology, TopologySpec, default_spec
 from msa_cli.preflight import mask_url
-from msa_cli.runner import render_config
+from msa_cli.supervisor_config import render_config
 from msa_cli.spec import broker_address, repo_root, via_proxy
 
 

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from prometheus_client import CollectorRegistry, Gauge, Info, generate_latest
 from rich.console import Console
 
-from msa_cli.runner import ProgramStatus
+from msa_cli.http_checks import ProgramStatus
 from msa_cli.status_view import (InstanceFigures, figures_from_metrics, figures_table, probe_line, status_table)
 
 

@@ -1,15 +1,8 @@
 """msa: run the sandbox's topology locally (supervisord) and look at it. See runner.Topology and spec.default_spec."""
 
-from .runner import (
-    AlreadyRunning,
-    BrokerUnreachable,
-    NotRunning,
-    PortsInUse,
-    ProgramStatus,
-    StartupTimeout,
-    Topology,
-    TopologyError,
-)
+from .errors import AlreadyRunning, BrokerUnreachable, NotRunning, PortsInUse, StartupTimeout, TopologyError
+from .http_checks import ProgramStatus
+from .runner import Topology
 from .spec import Ports, Program, TopologySpec, default_spec, free_ports
 
 __all__ = [

@@ -22,7 +22,8 @@ from .locks import locks
 from .logs_cmd import logs
 from .trace_cmd import trace
 from .preflight import mask_url
-from .runner import AlreadyRunning, NotRunning, Topology, TopologyError
+from .errors import AlreadyRunning, NotRunning, TopologyError
+from .runner import Topology
 
 app = typer.Typer(
     name="msa",

@@ -25,8 +25,10 @@ from rich.table import Table
 
 from . import context
 from .compose import ComposeTopology
-from .runner import Topology, TopologyError, render_config
+from .errors import TopologyError
+from .runner import Topology
 from .spec import Program, TopologySpec, free_ports
+from .supervisor_config import render_config
 
 canary = typer.Typer(help="Run an extra instance of a service under another version (for canary routing).",
                      no_args_is_help=True)

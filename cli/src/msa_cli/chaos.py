@@ -18,7 +18,8 @@ from rich.table import Table
 from msa_faultproxy.client import FaultProxyClient, FaultProxyError
 
 from . import context
-from .runner import Topology, TopologyError
+from .errors import TopologyError
+from .runner import Topology
 from .spec import Program
 
 chaos = typer.Typer(help="Inject faults into the running sandbox, list them, heal them.", no_args_is_help=True)

@@ -3,11 +3,12 @@ docker compose stack of docker-compose.yml instead of the local supervisord topo
 
     msa --target compose status          # or MSA_TARGET=compose msa status
 
-What runs where comes from the compose file itself (parsed here, no engine needed): every service built from the
-repo's image (it has `build:`) is a program, named after its service (= its INSTANCE_ID), on the port it publishes
-on 127.0.0.1 (= its PORT); Consul is `discovery` and Toxiproxy is `faultproxy`, as their stand-ins are in local mode.
-Health and passing are asked over HTTP exactly as in local mode (runner.HttpChecks); what needs the engine shells out
-to `docker compose -f <docker-compose.yml> -p <project> …` ($MSA_DOCKER, default `docker`, is the CLI to run).
+What runs where comes from the compose file itself (read by compose_config, no engine needed): every service built
+from the repo's image (it has `build:`) is a program, named after its service (= its INSTANCE_ID), on the port it
+publishes on 127.0.0.1 (= its PORT); Consul is `discovery` and Toxiproxy is `faultproxy`, as their stand-ins are in
+local mode. Health and passing are asked over HTTP exactly as in local mode (http_checks.HttpChecks); what needs the
+engine shells out to `docker compose -f <docker-compose.yml> -p <project> …` ($MSA_DOCKER, default `docker`, is the
+CLI to run).
 
 Consul lists an instance under the address it advertises inside the compose network (`catalog-2`, port 8202);
 `host_address` maps that to where this machine reaches it, through the compose file's published ports.
@@ -30,12 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
-from .runner import HttpChecks, NotRunning, ProgramStatus, TopologyError, _indent
-from .spec import DEMO_ADMIN_TOKEN, Program, TopologySpec, default_spec, repo_root
+from .compose_config import command_module, compose_file, load_model, published_ports, registers_as, service_env
+from .errors import NotRunning, TopologyError
+from .http_checks import HttpChecks, ProgramStatus
+from .spec import Program, TopologySpec, default_spec, repo_root
 
-__all__ = ["ComposeTopology", "admin_token", "compose_environ", "compose_file", "read_dotenv"]
+__all__ = ["ComposeTopology"]
 
 DEFAULT_PROJECT = "msa-sandbox"
 CANARY_PROFILE = "canary"
@@ -48,144 +50,6 @@ START_HINT = "start it with `docker compose up -d --wait` (or `msa --target comp
 _ENGINE_DOWN = ("cannot connect to the docker daemon", "is the docker daemon running", "docker.sock",
                 "error during connect", "no such host")
 
-
-def compose_file(environ: dict[str, str] | None = None) -> Path:
-    environ = os.environ if environ is None else environ
-    return Path(environ.get("MSA_COMPOSE_FILE") or repo_root() / "docker-compose.yml").resolve()
-
-
-def read_dotenv(path: Path) -> dict[str, str]:
-    """KEY=value lines of a .env file ({} if there is none): python-dotenv's reading when it is installed."""
-    if not path.is_file():
-        return {}
-    try:
-        from dotenv import dotenv_values
-    except ImportError:  # pragma: no cover - python-dotenv is in the lock; this keeps the CLI working without it
-        values: dict[str, str] = {}
-        for line in path.read_text().splitlines():
-            line = line.strip()
-            if not line or line.startswith("#") or "=" not in line:
-                continue
-            key, _, value = line.removeprefix("export ").partition("=")
-            value = value.strip()
-            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-                value = value[1:-1]
-            else:
-                value = value.split(" #", 1)[0].strip()
-            values[key.strip()] = value
-        return values
-    return {k: v for k, v in dotenv_values(path).items() if v is not None}
-
-
-def compose_environ(file: Path | None = None, environ: dict[str, str] | None = None) -> dict[str, str]:
-    """The variables the compose file is interpolated with: the environment wins over `.env`, as in compose."""
-    environ = dict(os.environ if environ is None else environ)
-    file = file or compose_file(environ)
-    return read_dotenv(file.parent / ".env") | environ
-
-
-def admin_token(environ: dict[str, str] | None = None, file: Path | None = None) -> str:
-    """The admin token of the compose stack: MSA_ADMIN_TOKEN from the environment, else from `.env`, else the
-    demo value the compose file defaults to (`${MSA_ADMIN_TOKEN:-sandbox-admin-token}`)."""
-    return compose_environ(file, environ).get("MSA_ADMIN_TOKEN") or DEMO_ADMIN_TOKEN
-
-
-# ---- reading the compose file -------------------------------------------------------------------------------
-
-_VAR = re.compile(r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])((?:[^{}]|\{[^{}]*\})*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
-
-
-def interpolate(value: Any, env: dict[str, str]) -> Any:
-    """Compose's variable syntax ($VAR, ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:+alt}, $$), recursively."""
-    if isinstance(value, dict):
-        return {k: interpolate(v, env) for k, v in value.items()}
-    if isinstance(value, list):
-        return [interpolate(v, env) for v in value]
-    if not isinstance(value, str):
-        return value
-
-    def sub(m: re.Match[str]) -> str:
-        if m.group(1):
-            return "$"
-        name = m.group(2) or m.group(5)
-        op, arg = m.group(3), interpolate(m.group(4) or "", env)
-        current = env.get(name)
-        unset = current is None or (op is not None and op.startswith(":") and current == "")
-        if op in (":-", "-"):
-            return arg if unset else current
-        if op in (":+", "+"):
-            return "" if unset else arg
-        if op in (":?", "?") and unset:
-            raise TopologyError(f"docker-compose.yml needs ${name}: {arg or 'it is not set'}")
-        return current or ""
-
-    return _VAR.sub(sub, value)
-
-
-def _environment(service: dict[str, Any]) -> dict[str, str]:
-    env = service.get("environment") or {}
-    if isinstance(env, list):
-        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
-    return {str(k): "" if v is None else str(v) for k, v in env.items()}
-
-
-def _ports(service: dict[str, Any]) -> list[tuple[str, int, int]]:
-    """(host ip, published port, container port) of each TCP port a service publishes (short or long syntax)."""
-    out = []
-    for spec in service.get("ports") or []:
-        if isinstance(spec, dict):
-            if spec.get("protocol", "tcp") != "tcp" or not spec.get("published"):
-                continue
-            out.append((spec.get("host_ip") or "0.0.0.0", int(spec["published"]), int(spec["target"])))
-            continue
-        text, _, proto = str(spec).partition("/")
-        if proto not in ("", "tcp"):
-            continue
-        parts = text.rsplit(":", 2)
-        if len(parts) == 1:
-            continue  # only a container port: published on a random one, not ours to know
-        host_ip = parts[0].strip("[]") if len(parts) == 3 else "0.0.0.0"
-        published, target = parts[-2], parts[-1]
-        if "-" in published or "-" in target:
-            continue  # ranges: not used for programs
-        out.append((host_ip, int(published), int(target)))
-    return out
-
-
-def _module(command: Any) -> str | None:
-    """`python -m catalog` → catalog."""
-    words = shlex.split(command) if isinstance(command, str) else [str(w) for w in command or []]
-    if "-m" in words[:-1]:
-        return words[words.index("-m") + 1]
-    return None
-
-
-def _registers(module: str | None) -> tuple[str, ...]:
-    """The discovery service name a program registers under, from its module (msa_gateway → gateway). The config
-    server registers too (as `config-server`), but like local mode's spec its readiness is its /health and it has no
-    admin fault API, so it is not counted among the registered programs."""
-    if not module or module == "msa_config_server":
-        return ()
-    return (module.removeprefix("msa_").replace("_", "-"),)
-
-
-def load_model(file: Path, environ: dict[str, str] | None = None) -> dict[str, Any]:
-    """The compose file, YAML anchors merged and variables interpolated (the parts of `docker compose config` the
-    CLI relies on, without needing the compose plugin)."""
-    try:
-        raw = yaml.safe_load(file.read_text())
-    except OSError as exc:
-        raise TopologyError(f"cannot read the compose file {file}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise TopologyError(f"{file} is not valid YAML: {exc}") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("services"), dict):
-        raise TopologyError(f"{file} has no `services:`; is it a compose file?")
-    env = compose_environ(file, environ)
-    return {"name": interpolate(raw.get("name"), env),
-            "services": {name: interpolate(svc or {}, env) for name, svc in raw["services"].items()}}
-
-
-# ---- the topology -------------------------------------------------------------------------------------------
 
 
 class ComposeTopology(HttpChecks):
@@ -213,8 +77,8 @@ class ComposeTopology(HttpChecks):
             profiles = svc.get("profiles") or []
             if profiles and CANARY_PROFILE not in profiles:
                 continue  # e.g. `scale`: replicas without a published port, which the CLI cannot reach
-            env = _environment(svc)
-            registers = _registers(_module(svc.get("command")))
+            env = service_env(svc)
+            registers = registers_as(command_module(svc.get("command")))
             try:
                 port = self._published(name, int(env["PORT"]) if env.get("PORT") else None)
             except TopologyError:
@@ -233,8 +97,8 @@ class ComposeTopology(HttpChecks):
         var = Path(self.environ.get("MSA_VAR_DIR") or repo_root() / "var")
         rabbit = self.services.get("rabbitmq", {})
         # The broker's administrator and Consul's management token: what `access` sets up the stack with.
-        access_env = _environment(self.services.get("access", {}))
-        amqp_port = next((pub for _, pub, target in _ports(rabbit) if target == 5672), 5672)
+        access_env = service_env(self.services.get("access", {}))
+        amqp_port = next((pub for _, pub, target in published_ports(rabbit) if target == 5672), 5672)
         amqp = (f"amqp://{access_env.get('RABBITMQ_USER', 'guest')}:"
                 f"{access_env.get('RABBITMQ_PASSWORD', 'guest')}@127.0.0.1:{amqp_port}/")
         faultproxy = next(p for p in programs if p.name == "faultproxy")
@@ -275,7 +139,7 @@ class ComposeTopology(HttpChecks):
             [] if address not in ("", "127.0.0.1", "localhost", "::1") and not _looks_like_ip(address)
             else list(self.services))
         for service in candidates:
-            published = [(host, pub) for host, pub, target in _ports(self.services[service]) if target == port]
+            published = [(host, pub) for host, pub, target in published_ports(self.services[service]) if target == port]
             if published:
                 host, pub = published[0]
                 return ("127.0.0.1" if host in ("0.0.0.0", "", "::") else host), pub
@@ -286,7 +150,7 @@ class ComposeTopology(HttpChecks):
         return self.host_address(s.get("Address") or (entry.get("Node") or {}).get("Address", ""), s["Port"])[1]
 
     def _published(self, service: str, port: int | None = None) -> int:
-        ports = _ports(self.services[service])
+        ports = published_ports(self.services[service])
         for host, pub, target in ports:
             if port is None or target == port:
                 if host not in ("127.0.0.1", "0.0.0.0", "localhost", ""):
@@ -509,13 +373,9 @@ class ComposeTopology(HttpChecks):
         return out
 
     def _timeout_report(self, missing: list[tuple[str, list[str]]], timeout: float) -> str:
-        lines = [f"Not ready after {timeout:.0f} s:"]
-        lines += [f"  - {what}" for what, _ in missing]
-        for name in dict.fromkeys(n for _, names in missing for n in names):
-            lines.append(f"\n{name} — `docker compose logs --tail 15 {self.service(name)}`:")
-            lines.append(_indent(self.log_tail(name, 15)) or "    (empty)")
-        lines.append("\nThe stack is left running: `docker compose ps` shows it, `msa --target compose down` stops it.")
-        return "\n".join(lines)
+        return self._report_with_logs(
+            missing, timeout, lambda name: f"{name} — `docker compose logs --tail 15 {self.service(name)}`:",
+            "\nThe stack is left running: `docker compose ps` shows it, `msa --target compose down` stops it.")
 
 
 def _state(container: dict[str, Any] | None) -> str:

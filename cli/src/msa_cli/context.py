@@ -14,7 +14,8 @@ import typer
 from rich.console import Console
 
 from .compose import ComposeTopology
-from .runner import Topology, TopologyError
+from .errors import TopologyError
+from .runner import Topology
 from .spec import Program, default_spec
 
 console = Console(highlight=False)
@@ -51,9 +52,9 @@ def is_compose(topo: object) -> bool:
 
 def admin_token() -> str:
     """The admin token of the target: $MSA_ADMIN_TOKEN; in compose mode also MSA_ADMIN_TOKEN from its `.env`."""
-    from . import compose, spec
+    from . import compose_config, spec
 
-    return compose.admin_token() if target() == Target.compose.value else spec.admin_token()
+    return compose_config.admin_token() if target() == Target.compose.value else spec.admin_token()
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

@@ -1,6 +1,6 @@
 """`msa logs`: every program's log as one time-ordered stream, filtered by program, service, trace, level and time.
 
-Local mode: supervisord writes each program's stdout+stderr to `<var dir>/log/<program>.log` (runner.render_config)
+Local mode: supervisord writes each program's stdout+stderr to `<var dir>/log/<program>.log` (supervisor_config)
 and its own to `supervisord.log`. The kit's programs write one JSON object a line (msa_kit.logs.JsonFormatter: ts,
 level, logger, msg, service, instance, trace_id/span_id inside a trace, exc; the gateway's access log has the same
 envelope plus method/path/status…). Other lines — supervisord's, the config server's and discovery's plain

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from msa_kit.metrics import BREAKER_STATE_NAMES, samples
 
-from .runner import ProgramStatus
+from .http_checks import ProgramStatus
 
 UNKNOWN = "?"  # the instance would not say (unreachable, or no admin token)
 NONE = "–"  # the instance has no such thing (the gateway has no outbox, the user service consumes no events)
