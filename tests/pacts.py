@@ -117,8 +117,9 @@ def provider(service: str, build_app: Any, settings: Any, var_dir: Path, wrap: A
     app = _apps[service]
     platform = app.state.platform
 
-    async def schema() -> None:
+    async def schema() -> None:  # and the routes' adapters: what the lifespan, which is off, would do after start
         await create_schema(platform.engine, platform.metadata)
+        app.state.adapters = app.state.make_adapters()
 
     with serving(wrap(app) if wrap else app, schema) as served:
         served.platform = platform  # type: ignore[attr-defined]

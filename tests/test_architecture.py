@@ -121,3 +121,105 @@ def test_sql_is_only_the_database_adapter():
     """Engines and transactions on SQLite and PostgreSQL; the outbox, the inbox and the bus are the events side."""
     assert not kit_imports(KIT / "sql.py") & {"events", "outbox", "inbox", "tracing"}
     assert {"sql", "events", "inbox"} <= kit_imports(KIT / "outbox.py")
+
+
+# -- One service shape (issue #17): the Cosmic Python one, the same in user, catalog and order -------------------
+SHAPE = ["bootstrap.py", "domain/model.py", "domain/events.py", "service_layer/handlers.py",
+         "service_layer/unit_of_work.py", "adapters/repository.py", "entrypoints/http.py", "entrypoints/events.py"]
+
+
+def src(service: str) -> Path:
+    return ROOT / f"services/{service}/src/{service}"
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_every_service_has_the_same_shape(service):
+    missing = [f for f in SHAPE if not (src(service) / f).is_file()]
+    assert not missing, f"{service} lacks {missing}: a newcomer who read one service must find the same in all three"
+    folders = {p.name for p in src(service).iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert folders == {"domain", "service_layer", "adapters", "entrypoints"}, folders
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_handlers_know_no_web_framework_or_database_library(service):
+    bad = imports(src(service) / "service_layer/handlers.py") & {"fastapi", "starlette", "sqlalchemy", "pydantic"}
+    assert not bad, f"{service}'s handlers import {bad}"
+
+
+def adapter_classes(service: str) -> set[str]:
+    return {node.name for path in (src(service) / "adapters").glob("*.py")
+            for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.ClassDef)}
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_adapters_are_built_only_in_bootstrap(service):
+    """No route, consumer or handler constructs an adapter (a client per request, a repository by hand): bootstrap.py
+    builds each once and hands it over; the adapters' own modules build their parts (a unit of work its repos)."""
+    classes = adapter_classes(service)
+    assert classes, f"{service} has no adapter class: the rule sees nothing"
+    for path in src(service).glob("[ed]*/*.py"):  # domain/, entrypoints/
+        tree = ast.parse(path.read_text())
+        built = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+        built |= {n.func.attr for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
+        assert not built & classes, f"{path.relative_to(ROOT)} builds {built & classes}: only bootstrap.py does"
+    for path in (src(service) / "service_layer").glob("*.py"):
+        assert not imports_relative(path, "adapters"), f"{path.relative_to(ROOT)} imports an adapter"
+
+
+def imports_relative(path: Path, package: str) -> bool:
+    return any(isinstance(n, ast.ImportFrom) and n.level >= 1 and (n.module or "").split(".")[0] == package
+               for n in ast.walk(ast.parse(path.read_text())))
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_entrypoints_get_adapters_injected_and_only_call_handlers(service):
+    """Routes take what bootstrap.py provided (`Provided`), never `request.app.state`; they open no transaction and
+    touch no repository: parse, call a handler, map the result."""
+    for name in ("http.py", "events.py"):
+        path = src(service) / "entrypoints" / name
+        text = path.read_text()
+        tree = ast.parse(text)
+        assert "app.state" not in text, f"{path.relative_to(ROOT)} reaches into app.state"
+        assert not [n for n in ast.walk(tree) if isinstance(n, ast.AsyncWith)], \
+            f"{path.relative_to(ROOT)} opens a unit of work itself: a handler does"
+        repos = {"orders", "products", "reservations", "users", "history", "login_failures"}
+        touched = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+                   and isinstance(n.value, ast.Name) and n.value.id == "uow"} & repos
+        assert not touched, f"{path.relative_to(ROOT)} uses repositories {touched}: call a handler"
+    assert "Provided(" in (src(service) / "entrypoints/http.py").read_text()
+    assert "adapters=" in (src(service) / "bootstrap.py").read_text()
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_handlers_take_a_typed_unit_of_work(service):
+    """Each use case's first parameter is the service's unit of work (`uow`, the one an event's inbox opened) or its
+    factory (`uows`, for one that opens its own transactions): typed, never `Any`."""
+    allowed = {f"{service.capitalize()}UnitOfWork", f"{service.capitalize()}UnitsOfWork"}
+    for name in ("service_layer/handlers.py", "entrypoints/events.py"):
+        path = src(service) / name
+        functions = [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.AsyncFunctionDef)]
+        assert functions
+        for fn in functions:
+            uow = [a for a in fn.args.args if a.arg in ("uow", "uows")]
+            if name.startswith("entrypoints") and not uow:
+                continue
+            assert uow, f"{path.relative_to(ROOT)}: {fn.name} takes no unit of work"
+            annotation = ast.unparse(uow[0].annotation) if uow[0].annotation else "(none)"
+            assert annotation in allowed, f"{path.relative_to(ROOT)}: {fn.name}'s {uow[0].arg} is {annotation}"
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_statuses_are_enums(service):
+    import dataclasses
+    import enum
+    import importlib
+    import typing
+
+    model = importlib.import_module(f"{service}.domain.model")
+    fields = [(cls.__name__, f.name, typing.get_type_hints(cls)[f.name]) for cls in vars(model).values()
+              if dataclasses.is_dataclass(cls) and isinstance(cls, type) for f in dataclasses.fields(cls)
+              if f.name == "status"]
+    for cls, name, hint in fields:
+        assert isinstance(hint, type) and issubclass(hint, enum.Enum), f"{service}: {cls}.{name} is {hint}"
+    if service != "user":  # users have no lifecycle to speak of
+        assert fields, f"{service}'s aggregates have no status: the rule sees nothing"

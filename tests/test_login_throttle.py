@@ -4,7 +4,6 @@ locks (`msa locks`), and an unknown username is answered exactly like a wrong pa
 
 from __future__ import annotations
 
-import statistics
 import time
 import uuid
 from typing import Iterator
@@ -98,7 +97,9 @@ def test_no_such_user_and_wrong_password_get_the_same_answer_in_the_same_time(ga
         assert a.status_code == b.status_code == 401
         assert a.content == b.content and a.headers["content-type"] == b.headers["content-type"]
         assert a.headers["www-authenticate"] == b.headers["www-authenticate"] == "Bearer"
-    ratio = statistics.median(timings[username]) / statistics.median(timings[nobody])
+    # The fastest of each: the work a login does, without what other processes on the cores added (a check skipped
+    # for unknown users would make one side ~0.1 s faster every time, so ~10× apart).
+    ratio = min(timings[username]) / min(timings[nobody])
     assert 0.6 < ratio < 1.6, timings  # both pay one scrypt check (~0.1 s); a username probe sees no difference
     for who in (username, nobody):  # and both lock alike
         log_in(gateway, who, "wrong-4")

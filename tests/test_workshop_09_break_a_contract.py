@@ -37,7 +37,7 @@ def run(args: list[str], src: Path) -> subprocess.CompletedProcess[str]:
 
 def test_renaming_a_field_of_an_event_is_caught_and_a_new_version_is_the_way(tmp_path: Path):
     src = copy_of("order", tmp_path)
-    model = src / "order" / "domain" / "model.py"
+    model = src / "order" / "domain" / "events.py"
     # Step 1: rename `total` to `amount` in OrderPlaced (v2).
     edit(model, "    lines: list[OrderLine]\n    total: Money\n", "    lines: list[OrderLine]\n    amount: Money\n")
     checked = run(["-m", "msa_cli", "contracts", "check"], src)

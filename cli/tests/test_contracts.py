@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from msa_cli import contracts
-from order.domain import model as order_model
+from order.domain import events as order_events
 
 CONSUMED = contracts.consumed()
 
@@ -55,8 +55,8 @@ class PlacedWithoutTotal:  # order.placed v2 with `total` renamed: what a carele
     version: ClassVar[int] = 2
     order_id: str
     user_id: str
-    lines: list[order_model.OrderLine]
-    amount: order_model.Money
+    lines: list[order_events.OrderLine]
+    amount: order_events.Money
     synthetic: bool = False
 
 
@@ -118,13 +118,13 @@ class PlacedRetyped:
     order_id: str
     user_id: str
     lines: list[RetypedLine]
-    total: order_model.Money
+    total: order_events.Money
     channel: str  # new and required
     synthetic: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
-class PlacedWithCurrency(order_model.OrderPlaced):
+class PlacedWithCurrency(order_events.OrderPlaced):
     currency: str = "EUR"  # an added field, with a default
 
 
@@ -134,7 +134,7 @@ class PlacedV3(PlacedWithoutTotal):
 
 
 def test_the_comparison_sees_nested_retyping_and_new_required_fields():
-    old = contracts.schema(contracts.Published("order", order_model.OrderPlaced))
+    old = contracts.schema(contracts.Published("order", order_events.OrderPlaced))
 
     broken = contracts.breaking(old, contracts.schema(contracts.Published("order", PlacedRetyped)))
     assert "`lines[].quantity` changed type: integer → string" in broken

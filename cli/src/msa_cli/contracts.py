@@ -72,7 +72,7 @@ def published() -> list[Published]:
     """Every event a service's domain defines (a dataclass with a dotted `type`), by service."""
     found = []
     for service in SERVICES:
-        module = importlib.import_module(f"{service}.domain.model")
+        module = importlib.import_module(f"{service}.domain.events")
         for value in vars(module).values():
             if dataclasses.is_dataclass(value) and isinstance(value, type) and "." in str(getattr(value, "type", "")):
                 found.append(Published(service, value))

@@ -7,10 +7,10 @@ import asyncio
 import logging
 import sys
 from contextlib import asynccontextmanager
-from typing import Annotated, AsyncIterator, Callable, TypeVar
+from typing import Annotated, Any, AsyncIterator, Callable, TypeVar
 
 import uvicorn
-from fastapi import APIRouter, FastAPI, Header, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from opentelemetry import trace
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
@@ -36,6 +36,19 @@ from .tracing import setup_tracing, shutdown_tracing
 log = logging.getLogger(__name__)
 
 S = TypeVar("S", bound=PlatformSettings)
+A = TypeVar("A")
+
+
+def Provided(kind: type[A]) -> Any:  # noqa: N802 (named like FastAPI's Depends, which it is)
+    """A route's dependency on what bootstrap.py built: `adapters: Annotated[Adapters, Provided(Adapters)]` gets
+    the one `Adapters` object `create_service_app(..., adapters=...)` made at start, never a new one per request."""
+
+    def provided(request: Request) -> A:
+        adapters = request.app.state.adapters
+        assert isinstance(adapters, kind), f"bootstrap.py provided {type(adapters).__name__}, not {kind.__name__}"
+        return adapters
+
+    return Depends(provided)
 
 
 class TraceHeaders:
@@ -94,10 +107,15 @@ def install_problem_handlers(app: FastAPI) -> None:
         return problem(504, "Dependency timed out", str(exc), instance=request.url.path, service=exc.service)
 
 
-def create_service_app(platform: Platform, *, title: str, routers: list[APIRouter]) -> FastAPI:
+def create_service_app(platform: Platform, *, title: str, routers: list[APIRouter],
+                       adapters: Callable[[], object] | None = None) -> FastAPI:
+    """`adapters()` builds what the routes use (`Provided`), once, when the platform has started: the clients to
+    other services exist from then on, and no request is served before."""
+
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await platform.start()
+        app.state.adapters = app.state.make_adapters()
         started()
         try:
             yield
@@ -107,6 +125,7 @@ def create_service_app(platform: Platform, *, title: str, routers: list[APIRoute
 
     app = FastAPI(title=title, lifespan=lifespan)
     app.state.platform = platform
+    app.state.make_adapters = adapters or (lambda: None)
     install_problem_handlers(app)
     # The business routes first: the router, and the tracing middleware again to name the span, try routes in order
     # until one matches, and these are the ones under load.

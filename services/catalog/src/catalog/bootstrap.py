@@ -14,8 +14,7 @@ from msa_kit.settings import ConfigSnapshot
 
 from .adapters.repository import SqlCatalogUnitOfWork, metadata
 from .domain.model import Product
-from .entrypoints import events
-from .entrypoints.http import router
+from .entrypoints import events, http
 from .service_layer import handlers
 
 log = logging.getLogger(__name__)
@@ -41,10 +40,10 @@ def build_app(rt: Runtime, config: ConfigSnapshot, settings: CatalogSettings) ->
     events.subscribe(platform)
 
     async def seed() -> None:
-        async with platform.uow() as uow:
-            added = await handlers.seed(uow, [Product(**p.model_dump()) for p in settings.catalog.seed])
+        added = await handlers.seed(platform.uow, [Product(**p.model_dump()) for p in settings.catalog.seed])
         if added:
             log.info("seeded %d product(s)", added)
 
     platform.on_start(seed)
-    return create_service_app(platform, title="catalog", routers=[router])
+    return create_service_app(platform, title="catalog", routers=[http.router],
+                              adapters=lambda: http.Adapters(uows=platform.uow))

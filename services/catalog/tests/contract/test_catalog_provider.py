@@ -16,8 +16,8 @@ from pacts import PACTS, Served, provider, verify
 def states(served: Served) -> dict:
     async def two_products() -> None:
         for sku, price in (("SKU-1", 1250), ("SKU-2", 990)):
-            async with served.platform.uow() as uow:  # type: ignore[attr-defined]
-                await handlers.put_product(uow, Product(sku, f"product {sku}", price, 10))
+            uows = served.platform.uow  # type: ignore[attr-defined]
+            await handlers.put_product(uows, Product(sku, f"product {sku}", price, 10))
 
     return {"products SKU-1 and SKU-2 exist": two_products}
 

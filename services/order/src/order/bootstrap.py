@@ -11,10 +11,9 @@ from msa_kit.runtime import Runtime
 from msa_kit.settings import ConfigSnapshot
 
 from .adapters import metrics
-from .adapters.clients import CatalogClient
+from .adapters.clients import CatalogClient, UserClient
 from .adapters.repository import SqlOrderUnitOfWork, metadata
-from .entrypoints import events
-from .entrypoints.http import router
+from .entrypoints import events, http
 from .service_layer.fallback import LastKnownPrices
 
 
@@ -30,11 +29,9 @@ def build_app(rt: Runtime, config: ConfigSnapshot, settings: OrderSettings) -> F
     metrics.create_series()
     platform = Platform(rt, config, settings, metadata=metadata, uow_class=SqlOrderUnitOfWork)
     events.subscribe(platform)
-    app = create_service_app(platform, title="order", routers=[router])
 
-    async def price_list() -> None:
-        app.state.prices = LastKnownPrices(CatalogClient(platform.http),
-                                           lambda: platform.settings.order.price_cache_max_age_s)
+    def adapters() -> http.Adapters:  # at start: the platform's client to other services exists from then on
+        prices = LastKnownPrices(CatalogClient(platform.http), lambda: platform.settings.order.price_cache_max_age_s)
+        return http.Adapters(uows=platform.uow, users=UserClient(platform.http), prices=prices)
 
-    platform.on_start(price_list)
-    return app
+    return create_service_app(platform, title="order", routers=[http.router], adapters=adapters)

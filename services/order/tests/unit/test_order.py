@@ -1,7 +1,7 @@
 import pytest
 
-from order.domain.model import (CONFIRMED, REJECTED, InvalidOrder, Money, Order, OrderConfirmed, OrderLine,
-                                OrderPlaced)
+from order.domain.events import Money, OrderConfirmed, OrderLine, OrderPlaced
+from order.domain.model import InvalidOrder, Order, OrderStatus
 
 
 def test_placing_records_the_event_with_the_total():
@@ -29,7 +29,7 @@ def test_confirm_and_reject_only_move_a_pending_order_once():
     order.confirm()
     order.confirm()
     order.reject("late")
-    assert order.status == CONFIRMED and [type(e) for e in order.events] == [OrderConfirmed]
+    assert order.status == OrderStatus.CONFIRMED and [type(e) for e in order.events] == [OrderConfirmed]
     other = Order.place("u1", [OrderLine("A", 1, 1)])
     other.reject("insufficient stock")
-    assert other.status == REJECTED and other.reason == "insufficient stock"
+    assert other.status == OrderStatus.REJECTED and other.reason == "insufficient stock"

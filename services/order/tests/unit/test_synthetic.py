@@ -15,9 +15,10 @@ from msa_kit.runtime import Runtime
 from order.adapters import metrics
 from order.adapters import repository
 from order.adapters.repository import SqlOrderUnitOfWork
-from order.domain.model import CANCELLED, CONFIRMED, Order, OrderLine, OrderPlaced
+from order.domain.events import OrderLine, OrderPlaced
+from order.domain.model import Order, OrderStatus
 from order.entrypoints import events
-from order.entrypoints.http import router
+from order.entrypoints.http import Adapters, router
 
 if "outbox" in repository.metadata.tables:  # the Platform adds them in a service process
     outbox, inbox_table = repository.metadata.tables["outbox"], repository.metadata.tables["processed_events"]
@@ -124,15 +125,14 @@ async def test_the_catalogs_answer_counts_an_outcome_once_committed_and_once_onl
         await u.commit()
     assert changed(before) == {"confirmed/true": 1, "rejected/false": 1}
     async with uow(engine, read_only=True) as u:
-        assert (await u.orders.get(probe.id)).status == CONFIRMED
+        assert (await u.orders.get(probe.id)).status == OrderStatus.CONFIRMED
 
 
 class Users:
-    """The user service, as UserClient sees it: every user exists."""
+    """The user service: every user exists."""
 
-    @staticmethod
-    def client() -> httpx.AsyncClient:
-        return httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(200, json={})))
+    async def exists(self, user_id: str) -> bool:
+        return True
 
 
 class Prices:
@@ -140,19 +140,12 @@ class Prices:
         return {s: 250 for s in skus}
 
 
-class FakePlatform:
-    def __init__(self, engine) -> None:
-        self.engine, self.http = engine, Users.client()
-
-    def uow(self, *, read_only: bool = False) -> SqlOrderUnitOfWork:
-        return uow(self.engine, read_only=read_only)
-
-
 @pytest.fixture
 async def client(engine):
     app = FastAPI()
     app.include_router(router)
-    app.state.platform, app.state.prices = FakePlatform(engine), Prices()
+    app.state.adapters = Adapters(uows=lambda read_only=False: uow(engine, read_only=read_only), users=Users(),
+                                  prices=Prices())
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://order",
                                  headers={"X-User-Id": "u1"}) as c:
         yield c
@@ -176,9 +169,9 @@ async def test_the_header_tags_the_order_and_placing_and_cancelling_are_counted_
         await events.on_stock_reserved(events.StockReservedV1(order_id=probe_id), u)
         await u.commit()
     r = await client.post(f"/orders/{probe_id}/cancel")
-    assert r.status_code == 200 and r.json()["status"] == CANCELLED and r.json()["synthetic"] is True
+    assert r.status_code == 200 and r.json()["status"] == OrderStatus.CANCELLED and r.json()["synthetic"] is True
     r = await client.post(f"/orders/{probe_id}/cancel")  # cancelling again answers the same, counts nothing
-    assert r.status_code == 200 and r.json()["status"] == CANCELLED
+    assert r.status_code == 200 and r.json()["status"] == OrderStatus.CANCELLED
     assert changed(before) == {"placed/true": 1, "placed/false": 3, "confirmed/true": 1, "cancelled/true": 1}
 
 

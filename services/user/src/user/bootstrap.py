@@ -13,8 +13,7 @@ from msa_kit.settings import ConfigSnapshot
 from .adapters.repository import SqlUserUnitOfWork, metadata
 from .adapters.tokens import TokenIssuer
 from .domain.throttle import LoginThrottle, ThrottlePolicy
-from .entrypoints import events
-from .entrypoints.http import router
+from .entrypoints import events, http
 
 
 class ThrottleSection(BaseModel):
@@ -47,13 +46,11 @@ class UserSettings(PlatformSettings):
 def build_app(rt: Runtime, config: ConfigSnapshot, settings: UserSettings) -> FastAPI:
     platform = Platform(rt, config, settings, metadata=metadata, uow_class=SqlUserUnitOfWork)
     events.subscribe(platform)
-    app = create_service_app(platform, title="user", routers=[router])
-    app.state.tokens = TokenIssuer(rt.path("keys", "user-signing.pem"), settings.user.token_ttl_s)
-    app.state.admins = set(settings.user.admins)
+    tokens = TokenIssuer(rt.path("keys", "user-signing.pem"), settings.user.token_ttl_s)
 
     def throttle() -> LoginThrottle:  # from the settings of the moment: a config refresh applies to the next login
         section = platform.settings.user.login_throttle
         return LoginThrottle(section.account.policy(), section.client.policy())
 
-    app.state.throttle = throttle
-    return app
+    return create_service_app(platform, title="user", routers=[http.router], adapters=lambda: http.Adapters(
+        uows=platform.uow, tokens=tokens, admins=frozenset(settings.user.admins), throttle=throttle))

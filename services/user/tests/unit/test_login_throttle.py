@@ -10,7 +10,7 @@ import pytest
 from msa_kit.uow import UnitOfWork
 from user.domain.model import User
 from user.domain.throttle import LoginFailures, LoginThrottle, LoginThrottled, ThrottlePolicy, WrongCredentials
-from user.service_layer import services
+from user.service_layer import handlers
 
 POLICY = ThrottlePolicy(free_failures=3, base_lock_s=1.0, max_lock_s=8.0, forget_after_s=60.0)
 THROTTLE = LoginThrottle(account=POLICY, client=ThrottlePolicy(10, 1.0, 8.0, 60.0))
@@ -80,7 +80,7 @@ def store() -> Store:
 
 
 def log_in(store: Store, username: str, password: str, now: float, client: str = "10.0.0.1"):
-    return asyncio.run(services.log_in(lambda **_: FakeUow(store), THROTTLE, username, password, client,
+    return asyncio.run(handlers.log_in(lambda **_: FakeUow(store), THROTTLE, username, password, client,
                                        now=lambda: now))
 
 

@@ -1,6 +1,7 @@
 import pytest
 
-from user.domain.model import InvalidSignUp, User, UserRegistered
+from user.domain.events import UserRegistered
+from user.domain.model import InvalidSignUp, User
 
 
 def test_sign_up_hashes_the_password_and_records_the_event():

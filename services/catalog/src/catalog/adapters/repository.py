@@ -10,7 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from msa_kit.outbox import SqlUnitOfWork
 
-from ..domain.model import Line, Product, Reservation
+from ..domain.events import Line
+from ..domain.model import Product, Reservation, ReservationStatus
 
 metadata = sa.MetaData()
 
@@ -77,7 +78,8 @@ class SqlReservationRepository:
         row = (await self.conn.execute(sa.select(reservations).where(reservations.c.order_id == order_id))).first()
         if row is None:
             return None
-        r = Reservation(row.order_id, [Line(**line) for line in json.loads(row.lines)], row.status)
+        r = Reservation(row.order_id, [Line(**line) for line in json.loads(row.lines)],
+                        ReservationStatus(row.status))
         self.seen.append(r)
         return r
 

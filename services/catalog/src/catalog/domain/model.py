@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from enum import StrEnum
+from typing import Any
+
+from .events import Line, Shortage, StockRejected, StockReleased, StockReserved
 
 
 @dataclass
@@ -14,42 +17,13 @@ class Product:
     stock: int
 
 
-@dataclass(frozen=True)
-class Line:
-    sku: str
-    quantity: int
+class ReservationStatus(StrEnum):
+    """NEW → RESERVED | REJECTED; RESERVED → RELEASED (the order was cancelled: the compensation)."""
 
-
-@dataclass(frozen=True)
-class Shortage:
-    sku: str
-    requested: int
-    available: int
-
-
-@dataclass(frozen=True)
-class StockReserved:
-    type: ClassVar[str] = "stock.reserved"
-    version: ClassVar[int] = 1  # of its payload: contracts/events/<type>.v<version>.schema.json (`make contracts`)
-    order_id: str
-    lines: list[Line]
-
-
-@dataclass(frozen=True)
-class StockRejected:
-    type: ClassVar[str] = "stock.rejected"
-    version: ClassVar[int] = 1  # of its payload: contracts/events/<type>.v<version>.schema.json (`make contracts`)
-    order_id: str
-    reason: str
-    shortages: list[Shortage]
-
-
-@dataclass(frozen=True)
-class StockReleased:
-    type: ClassVar[str] = "stock.released"
-    version: ClassVar[int] = 1  # of its payload: contracts/events/<type>.v<version>.schema.json (`make contracts`)
-    order_id: str
-    lines: list[Line]
+    NEW = "NEW"
+    RESERVED = "RESERVED"
+    REJECTED = "REJECTED"
+    RELEASED = "RELEASED"
 
 
 @dataclass
@@ -58,7 +32,7 @@ class Reservation:
 
     order_id: str
     lines: list[Line]
-    status: str = "NEW"  # NEW → RESERVED | REJECTED; RESERVED → RELEASED
+    status: ReservationStatus = ReservationStatus.NEW
     events: list[Any] = field(default_factory=list)
 
     def aggregate_id(self) -> str:
@@ -72,22 +46,22 @@ class Reservation:
             if product is None or line.quantity <= 0 or available < line.quantity:
                 shortages.append(Shortage(line.sku, line.quantity, available))
         if shortages:
-            self.status = "REJECTED"
+            self.status = ReservationStatus.REJECTED
             unknown = [s.sku for s in shortages if s.sku not in products]
             reason = f"unknown product(s) {unknown}" if unknown else "insufficient stock"
             self.events.append(StockRejected(self.order_id, reason, shortages))
             return
         for line in self.lines:
             products[line.sku].stock -= line.quantity
-        self.status = "RESERVED"
+        self.status = ReservationStatus.RESERVED
         self.events.append(StockReserved(self.order_id, list(self.lines)))
 
     def release_to(self, products: dict[str, Product]) -> None:
         """Compensation for a cancelled order: give back exactly what was taken, once."""
-        if self.status != "RESERVED":
+        if self.status != ReservationStatus.RESERVED:
             return
         for line in self.lines:
             if line.sku in products:
                 products[line.sku].stock += line.quantity
-        self.status = "RELEASED"
+        self.status = ReservationStatus.RELEASED
         self.events.append(StockReleased(self.order_id, list(self.lines)))

@@ -8,8 +8,9 @@ from pydantic import BaseModel, Field
 
 from msa_kit.platform import Platform
 
-from ..domain.model import Line
+from ..domain.events import Line
 from ..service_layer import handlers
+from ..service_layer.unit_of_work import CatalogUnitOfWork
 
 
 class LineV1(BaseModel):
@@ -44,11 +45,11 @@ class OrderCancelledV1(BaseModel):
     user_id: str
 
 
-async def on_order_placed(event: OrderPlacedV2, uow: Any) -> None:
+async def on_order_placed(event: OrderPlacedV2, uow: CatalogUnitOfWork) -> None:
     await handlers.reserve_stock(uow, event.order_id, [Line(line.sku, line.quantity) for line in event.lines])
 
 
-async def on_order_cancelled(event: OrderCancelledV1, uow: Any) -> None:
+async def on_order_cancelled(event: OrderCancelledV1, uow: CatalogUnitOfWork) -> None:
     await handlers.release_stock(uow, event.order_id)
 
 

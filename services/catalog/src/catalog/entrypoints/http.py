@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, Field
 
 from msa_kit.admin import AdminOnly
+from msa_kit.app import Provided
 
 from ..domain.model import Product
 from ..service_layer import handlers
+from ..service_layer.unit_of_work import CatalogUnitsOfWork
 
 router = APIRouter(tags=["catalog"])
+
+
+@dataclass(frozen=True)
+class Adapters:
+    """What the routes use, built once by bootstrap.py."""
+
+    uows: CatalogUnitsOfWork
+
+
+Wired = Annotated[Adapters, Provided(Adapters)]
 
 
 class ProductOut(BaseModel):
@@ -23,19 +36,17 @@ class ProductOut(BaseModel):
 
 
 @router.get("/products", response_model=list[ProductOut])
-async def list_products(request: Request,
+async def list_products(adapters: Wired,
                         sku: Annotated[list[str] | None, Query(description="only these SKUs")] = None):
-    async with request.app.state.platform.uow(read_only=True) as uow:
-        return [vars(p) for p in await uow.products.list(sku)]
+    return [vars(p) for p in await handlers.products(adapters.uows, sku)]
 
 
 @router.get("/products/{sku}", response_model=ProductOut)
-async def get_product(sku: str, request: Request):
-    async with request.app.state.platform.uow(read_only=True) as uow:
-        found = await uow.products.get_many([sku])
-    if sku not in found:
+async def get_product(sku: str, adapters: Wired):
+    product = await handlers.product(adapters.uows, sku)
+    if product is None:
         raise HTTPException(404, f"no product with sku {sku!r}")
-    return vars(found[sku])
+    return vars(product)
 
 
 class ProductIn(BaseModel):
@@ -45,7 +56,6 @@ class ProductIn(BaseModel):
 
 
 @router.put("/admin/products/{sku}", response_model=ProductOut, dependencies=[AdminOnly], tags=["admin"])
-async def put_product(sku: str, body: ProductIn, request: Request):
-    async with request.app.state.platform.uow() as uow:
-        await handlers.put_product(uow, Product(sku, body.name, body.price_cents, body.stock))
+async def put_product(sku: str, body: ProductIn, adapters: Wired):
+    await handlers.put_product(adapters.uows, Product(sku, body.name, body.price_cents, body.stock))
     return {"sku": sku, **body.model_dump()}

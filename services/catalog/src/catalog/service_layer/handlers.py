@@ -1,9 +1,14 @@
-"""The catalog's use cases: event handlers of the order saga, and the seed."""
+"""The catalog's use cases: the order saga's stock reservations, products read and set, and the seed.
+
+A use case called over HTTP (or at start) takes `uows` and opens the transactions it needs; one called for an event
+takes the `uow` the kit's inbox opened (it records the event as applied in the same transaction, and commits).
+"""
 
 from __future__ import annotations
 
-from ..domain.model import Line, Product, Reservation
-from .unit_of_work import CatalogUnitOfWork
+from ..domain.events import Line
+from ..domain.model import Product, Reservation
+from .unit_of_work import CatalogUnitOfWork, CatalogUnitsOfWork
 
 
 async def reserve_stock(uow: CatalogUnitOfWork, order_id: str, lines: list[Line]) -> None:
@@ -28,14 +33,27 @@ async def release_stock(uow: CatalogUnitOfWork, order_id: str) -> None:
     await uow.reservations.save(reservation)
 
 
-async def seed(uow: CatalogUnitOfWork, products: list[Product]) -> int:
-    """Insert the configured products that are not there yet; never overwrite live stock."""
-    added = await uow.products.add_missing(products)
-    await uow.commit()
-    return added
+async def products(uows: CatalogUnitsOfWork, skus: list[str] | None = None) -> list[Product]:
+    """Every product, or only these SKUs (unknown ones are simply absent)."""
+    async with uows(read_only=True) as uow:
+        return await uow.products.list(skus)
 
 
-async def put_product(uow: CatalogUnitOfWork, product: Product) -> None:
+async def product(uows: CatalogUnitsOfWork, sku: str) -> Product | None:
+    async with uows(read_only=True) as uow:
+        return (await uow.products.get_many([sku])).get(sku)
+
+
+async def put_product(uows: CatalogUnitsOfWork, product: Product) -> None:
     """An operator sets a product and its stock (receiving goods, or a test stocking shelves of its own)."""
-    await uow.products.put(product)
-    await uow.commit()
+    async with uows() as uow:
+        await uow.products.put(product)
+        await uow.commit()
+
+
+async def seed(uows: CatalogUnitsOfWork, products: list[Product]) -> int:
+    """Insert the configured products that are not there yet; never overwrite live stock."""
+    async with uows() as uow:
+        added = await uow.products.add_missing(products)
+        await uow.commit()
+    return added

@@ -26,3 +26,9 @@ class ReservationRepository(Protocol):
 class CatalogUnitOfWork(UnitOfWork):
     products: ProductRepository
     reservations: ReservationRepository
+
+
+class CatalogUnitsOfWork(Protocol):
+    """A new unit of work per call; `read_only` ones never wait for, or hold, the database's one writer."""
+
+    def __call__(self, *, read_only: bool = False) -> CatalogUnitOfWork: ...

@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from msa_kit.outbox import SqlUnitOfWork
 
-from ..domain.model import Order, OrderLine
+from ..domain.model import Order, OrderLine, OrderStatus
 
 metadata = sa.MetaData()
 
@@ -33,8 +33,8 @@ class SqlOrderRepository:
         self.conn, self.seen = conn, seen
 
     def _order(self, row: sa.Row) -> Order:
-        order = Order(row.id, row.user_id, [OrderLine(**line) for line in json.loads(row.lines)], row.status,
-                      row.reason, row.idempotency_key, synthetic=bool(row.synthetic))
+        order = Order(row.id, row.user_id, [OrderLine(**line) for line in json.loads(row.lines)],
+                      OrderStatus(row.status), row.reason, row.idempotency_key, synthetic=bool(row.synthetic))
         self.seen.append(order)
         return order
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from enum import StrEnum
+from typing import Any
+
+from .events import Money, OrderCancelled, OrderConfirmed, OrderLine, OrderPlaced, OrderRejected
 
 
 class InvalidOrder(ValueError):
@@ -13,62 +16,13 @@ class InvalidOrder(ValueError):
         self.field = field_name
 
 
-@dataclass(frozen=True)
-class OrderLine:
-    sku: str
-    quantity: int
-    unit_price_cents: int
+class OrderStatus(StrEnum):
+    """PENDING → CONFIRMED | REJECTED (the catalog's answer); CONFIRMED → CANCELLED (the customer)."""
 
-
-@dataclass(frozen=True)
-class Money:
-    amount_cents: int
-    currency: str = "EUR"  # the sandbox's prices are all in one currency; the event says which
-
-
-@dataclass(frozen=True)
-class OrderPlaced:
-    type: ClassVar[str] = "order.placed"
-    # v2: the total is money with its currency (`total`), no longer a bare `total_cents` (v1). The catalog learnt v2
-    # first, with an upcaster for v1 events still in flight (contracts/README.md, workshop/09-break-a-contract.md).
-    version: ClassVar[int] = 2  # of its payload: contracts/events/<type>.v<version>.schema.json (`make contracts`)
-    order_id: str
-    user_id: str
-    lines: list[OrderLine]
-    total: Money
-    # Placed by a synthetic probe (X-Synthetic-Transaction: true), not a customer. An added field: consumers that
-    # don't know it ignore it.
-    synthetic: bool = False
-
-
-@dataclass(frozen=True)
-class OrderConfirmed:
-    type: ClassVar[str] = "order.confirmed"
-    version: ClassVar[int] = 1  # of its payload: contracts/events/<type>.v<version>.schema.json (`make contracts`)
-    order_id: str
-    user_id: str
-    lines: list[OrderLine]
-    total_cents: int
-
-
-@dataclass(frozen=True)
-class OrderCancelled:
-    type: ClassVar[str] = "order.cancelled"
-    version: ClassVar[int] = 1  # of its payload: contracts/events/<type>.v<version>.schema.json (`make contracts`)
-    order_id: str
-    user_id: str
-
-
-@dataclass(frozen=True)
-class OrderRejected:
-    type: ClassVar[str] = "order.rejected"
-    version: ClassVar[int] = 1  # of its payload: contracts/events/<type>.v<version>.schema.json (`make contracts`)
-    order_id: str
-    user_id: str
-    reason: str
-
-
-PENDING, CONFIRMED, REJECTED, CANCELLED = "PENDING", "CONFIRMED", "REJECTED", "CANCELLED"
+    PENDING = "PENDING"
+    CONFIRMED = "CONFIRMED"
+    REJECTED = "REJECTED"
+    CANCELLED = "CANCELLED"
 
 
 class CannotCancel(Exception):
@@ -80,7 +34,7 @@ class Order:
     id: str
     user_id: str
     lines: list[OrderLine]
-    status: str = PENDING
+    status: OrderStatus = OrderStatus.PENDING
     reason: str | None = None
     idempotency_key: str | None = None
     synthetic: bool = False  # a synthetic transaction's order (a probe's): business figures leave it out
@@ -107,22 +61,22 @@ class Order:
         return order
 
     def confirm(self) -> None:
-        if self.status == PENDING:
-            self.status = CONFIRMED
+        if self.status == OrderStatus.PENDING:
+            self.status = OrderStatus.CONFIRMED
             self.events.append(OrderConfirmed(self.id, self.user_id, list(self.lines),
                                               self.total_cents))
 
     def cancel(self) -> None:
         """Only a confirmed order is cancelled: its stock is then released by the catalog (the compensation).
         A pending one is still being decided; cancelling it would race the reservation."""
-        if self.status == CANCELLED:
+        if self.status == OrderStatus.CANCELLED:
             return
-        if self.status != CONFIRMED:
+        if self.status != OrderStatus.CONFIRMED:
             raise CannotCancel(f"an order that is {self.status} cannot be cancelled")
-        self.status = CANCELLED
+        self.status = OrderStatus.CANCELLED
         self.events.append(OrderCancelled(self.id, self.user_id))
 
     def reject(self, reason: str) -> None:
-        if self.status == PENDING:
-            self.status, self.reason = REJECTED, reason
+        if self.status == OrderStatus.PENDING:
+            self.status, self.reason = OrderStatus.REJECTED, reason
             self.events.append(OrderRejected(self.id, self.user_id, reason))

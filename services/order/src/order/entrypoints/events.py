@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import BaseModel
 
 from msa_kit.platform import Platform
 
 from ..adapters import metrics
-from ..service_layer import services
+from ..service_layer import handlers
+from ..service_layer.unit_of_work import OrderUnitOfWork
 
 
 class StockReservedV1(BaseModel):
@@ -21,15 +20,15 @@ class StockRejectedV1(BaseModel):
     reason: str = "rejected by catalog"
 
 
-async def on_stock_reserved(event: StockReservedV1, uow: Any) -> None:
-    order = await services.stock_reserved(uow, event.order_id)
+async def on_stock_reserved(event: StockReservedV1, uow: OrderUnitOfWork) -> None:
+    order = await handlers.stock_reserved(uow, event.order_id)
     if order is not None:  # this answer moved the order: count it once the inbox has committed the change
         synthetic = order.synthetic
         uow.after_commit(lambda: metrics.saga_outcome("confirmed", synthetic))
 
 
-async def on_stock_rejected(event: StockRejectedV1, uow: Any) -> None:
-    order = await services.stock_rejected(uow, event.order_id, event.reason)
+async def on_stock_rejected(event: StockRejectedV1, uow: OrderUnitOfWork) -> None:
+    order = await handlers.stock_rejected(uow, event.order_id, event.reason)
     if order is not None:
         synthetic = order.synthetic
         uow.after_commit(lambda: metrics.saga_outcome("rejected", synthetic))

@@ -2,22 +2,36 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 import httpx
-from fastapi import APIRouter, Header, HTTPException, Request, Response
+from fastapi import APIRouter, Header, HTTPException, Response
 from pydantic import BaseModel, Field
 
+from msa_kit.app import Provided
 from msa_kit.identity import CurrentCaller
 from msa_kit.problems import problem
 
 from ..adapters import metrics
-from ..adapters.clients import UserClient
 from ..domain.model import CannotCancel, InvalidOrder, Order
-from ..service_layer import services
-from ..service_layer.ports import PricesUnavailable
+from ..service_layer import handlers
+from ..service_layer.ports import PriceList, PricesUnavailable, UserDirectory
+from ..service_layer.unit_of_work import OrderUnitsOfWork
 
 router = APIRouter(tags=["orders"])
+
+
+@dataclass(frozen=True)
+class Adapters:
+    """What the routes use, built once by bootstrap.py."""
+
+    uows: OrderUnitsOfWork
+    users: UserDirectory
+    prices: PriceList  # the catalog's prices, with the last known ones as the fallback
+
+
+Wired = Annotated[Adapters, Provided(Adapters)]
 
 
 class ItemIn(BaseModel):
@@ -57,22 +71,21 @@ def is_synthetic(header: str | None) -> bool:
 
 
 @router.post("/orders", status_code=201, response_model=OrderOut)
-async def place_order(body: PlaceOrder, caller: CurrentCaller, request: Request, response: Response,
+async def place_order(body: PlaceOrder, caller: CurrentCaller, adapters: Wired, response: Response,
                       idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
                       x_synthetic_transaction: Annotated[str | None, Header(max_length=16)] = None):
-    platform = request.app.state.platform
-    items = [services.Item(i.sku, i.quantity) for i in body.items]
+    items = [handlers.Item(i.sku, i.quantity) for i in body.items]
     try:
-        order, created = await services.place_order(
-            platform.uow(), platform.uow(read_only=True), UserClient(platform.http), request.app.state.prices,
-            caller.user_id, items, idempotency_key, synthetic=is_synthetic(x_synthetic_transaction))
+        order, created = await handlers.place_order(
+            adapters.uows, adapters.users, adapters.prices, caller.user_id, items, idempotency_key,
+            synthetic=is_synthetic(x_synthetic_transaction))
     except InvalidOrder as exc:
         return problem(422, "Invalid order", f"{exc.field}: {exc}", instance="/orders",
                        errors=[{"field": exc.field, "message": str(exc)}])
     except PricesUnavailable as exc:
         return problem(503, "Prices unavailable", f"the catalog cannot be asked and no recent price is known: {exc}",
                        instance="/orders", headers={"Retry-After": "5"})
-    except services.UnknownUser:
+    except handlers.UnknownUser:
         raise HTTPException(403, "the caller's account does not exist") from None
     except httpx.HTTPStatusError as exc:
         return problem(502, "Dependency failed", f"{exc.request.url.host} answered {exc.response.status_code}",
@@ -85,25 +98,22 @@ async def place_order(body: PlaceOrder, caller: CurrentCaller, request: Request,
 
 
 @router.get("/orders/{order_id}", response_model=OrderOut)
-async def get_order(order_id: str, caller: CurrentCaller, request: Request):
-    async with request.app.state.platform.uow(read_only=True) as uow:
-        order = await uow.orders.get(order_id)
-    if order is None or order.user_id != caller.user_id:
+async def get_order(order_id: str, caller: CurrentCaller, adapters: Wired):
+    order = await handlers.order_of(adapters.uows, caller.user_id, order_id)
+    if order is None:
         raise HTTPException(404, f"no order {order_id}")
     return _out(order)
 
 
 @router.get("/orders", response_model=list[OrderOut])
-async def list_orders(caller: CurrentCaller, request: Request):
-    async with request.app.state.platform.uow(read_only=True) as uow:
-        return [_out(o) for o in await uow.orders.for_user(caller.user_id)]
+async def list_orders(caller: CurrentCaller, adapters: Wired):
+    return [_out(o) for o in await handlers.orders_of(adapters.uows, caller.user_id)]
 
 
 @router.post("/orders/{order_id}/cancel", response_model=OrderOut)
-async def cancel_order(order_id: str, caller: CurrentCaller, request: Request):
+async def cancel_order(order_id: str, caller: CurrentCaller, adapters: Wired):
     try:
-        async with request.app.state.platform.uow() as uow:
-            order, cancelled = await services.cancel_order(uow, caller.user_id, order_id)
+        order, cancelled = await handlers.cancel_order(adapters.uows, caller.user_id, order_id)
     except CannotCancel as exc:
         raise HTTPException(409, str(exc)) from None
     if order is None:

@@ -14,7 +14,9 @@ import re
 import secrets
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
+
+from .events import UserRegistered
 
 USERNAME = re.compile(r"^[a-zA-Z0-9_.-]{3,32}$")
 MIN_PASSWORD = 8
@@ -28,14 +30,6 @@ class InvalidSignUp(ValueError):
 
 class UsernameTaken(Exception):
     pass
-
-
-@dataclass(frozen=True)
-class UserRegistered:
-    type: ClassVar[str] = "user.registered"
-    version: ClassVar[int] = 1  # of its payload: contracts/events/<type>.v<version>.schema.json (`make contracts`)
-    user_id: str
-    username: str
 
 
 def hash_password(password: str, *, salt: bytes | None = None) -> str:

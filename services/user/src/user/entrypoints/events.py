@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import BaseModel
 
 from msa_kit.platform import Platform
 
-from ..service_layer import services
+from ..service_layer import handlers
+from ..service_layer.unit_of_work import UserUnitOfWork
 
 
 class OrderLineV1(BaseModel):
@@ -29,13 +28,13 @@ class OrderCancelledV1(BaseModel):
     user_id: str
 
 
-async def on_order_confirmed(event: OrderConfirmedV1, uow: Any) -> None:
-    await services.order_confirmed(uow, event.order_id, event.user_id, [line.model_dump() for line in event.lines],
+async def on_order_confirmed(event: OrderConfirmedV1, uow: UserUnitOfWork) -> None:
+    await handlers.order_confirmed(uow, event.order_id, event.user_id, [line.model_dump() for line in event.lines],
                                    event.total_cents)
 
 
-async def on_order_cancelled(event: OrderCancelledV1, uow: Any) -> None:
-    await services.order_cancelled(uow, event.order_id)
+async def on_order_cancelled(event: OrderCancelledV1, uow: UserUnitOfWork) -> None:
+    await handlers.order_cancelled(uow, event.order_id)
 
 
 def subscribe(platform: Platform) -> None:

@@ -1,57 +1,32 @@
-"""The user service's use cases."""
+"""The user service's use cases: sign up, log in (throttled), read a user and their order history; keep that
+history from the order service's events.
+
+A use case called over HTTP takes `uows` and opens the transactions it needs; one called for an event takes the
+`uow` the kit's inbox opened (it records the event as applied in the same transaction, and commits).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Callable, Protocol
-
-from msa_kit.uow import UnitOfWork
+from typing import Callable
 
 from ..domain.model import UNKNOWN_USER_HASH, User, UsernameTaken, verify_password
 from ..domain.throttle import LoginFailures, LoginThrottle, LoginThrottled, WrongCredentials
+from .unit_of_work import UserUnitOfWork, UserUnitsOfWork
 
 
-class UserRepository(Protocol):
-    async def add(self, user: User) -> None: ...
-    async def get(self, user_id: str) -> User | None: ...
-    async def by_username(self, username: str) -> User | None: ...
-
-
-class OrderHistory(Protocol):
-    """A read model: the user's confirmed orders as events told us, eventually consistent, never asked of order."""
-
-    async def add(self, order_id: str, user_id: str, lines: list[dict[str, object]], total_cents: int) -> None: ...
-    async def mark_cancelled(self, order_id: str) -> None: ...
-    async def for_user(self, user_id: str) -> list[dict[str, object]]: ...
-
-
-class LoginFailuresRepository(Protocol):
-    async def get_many(self, keys: list[str]) -> list[LoginFailures]: ...
-    async def save(self, records: list[LoginFailures]) -> None: ...
-    async def all(self) -> list[LoginFailures]: ...
-    async def clear(self, key: str | None = None) -> int: ...
-
-
-class UserUnitOfWork(UnitOfWork):
-    users: UserRepository
-    history: OrderHistory
-    login_failures: LoginFailuresRepository
-
-
-UnitsOfWork = Callable[..., UserUnitOfWork]  # a new unit of work per call (`read_only=True` for reads)
-
-
-async def sign_up(uow: UserUnitOfWork, username: str, password: str) -> User:
+async def sign_up(uows: UserUnitsOfWork, username: str, password: str) -> User:
     user = User.sign_up(username, password)
-    if await uow.users.by_username(username) is not None:
-        raise UsernameTaken(username)
-    await uow.users.add(user)
-    await uow.commit()
+    async with uows() as uow:
+        if await uow.users.by_username(username) is not None:
+            raise UsernameTaken(username)
+        await uow.users.add(user)
+        await uow.commit()
     return user
 
 
-async def log_in(uows: UnitsOfWork, throttle: LoginThrottle, username: str, password: str, client: str,
+async def log_in(uows: UserUnitsOfWork, throttle: LoginThrottle, username: str, password: str, client: str,
                  now: Callable[[], float] = time.time) -> User:
     """The user, or WrongCredentials, or LoginThrottled. An unknown username and a wrong password take the same
     path, the same time and the same answer, and count against the account and the client alike."""
@@ -81,13 +56,26 @@ async def log_in(uows: UnitsOfWork, throttle: LoginThrottle, username: str, pass
     return user
 
 
-async def login_failures(uow: UserUnitOfWork) -> list[LoginFailures]:
-    return await uow.login_failures.all()
+async def user_of(uows: UserUnitsOfWork, user_id: str) -> User | None:
+    async with uows(read_only=True) as uow:
+        return await uow.users.get(user_id)
 
 
-async def clear_login_failures(uow: UserUnitOfWork, key: str | None = None) -> int:
-    cleared = await uow.login_failures.clear(key)
-    await uow.commit()
+async def order_history(uows: UserUnitsOfWork, user_id: str) -> list[dict[str, object]]:
+    """The user's confirmed orders, from this service's own read model (eventually consistent)."""
+    async with uows(read_only=True) as uow:
+        return await uow.history.for_user(user_id)
+
+
+async def login_failures(uows: UserUnitsOfWork) -> list[LoginFailures]:
+    async with uows(read_only=True) as uow:
+        return await uow.login_failures.all()
+
+
+async def clear_login_failures(uows: UserUnitsOfWork, key: str | None = None) -> int:
+    async with uows() as uow:
+        cleared = await uow.login_failures.clear(key)
+        await uow.commit()
     return cleared
 
 
