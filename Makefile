@@ -53,9 +53,11 @@ test-unit: $(STAMP)
 
 # Benchmarks print figures and never fail on time; they fail only when a benchmark crashes or leaves a process.
 bench: $(STAMP)
+	@bench/tools.sh
 	@$(BIN)/python bench/harness.py --command "make bench"
 
 bench-quick: $(STAMP)
+	@bench/tools.sh
 	@$(BIN)/python bench/harness.py --quick --command "make bench-quick"
 
 lock:

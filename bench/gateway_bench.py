@@ -10,9 +10,13 @@ What runs, all on 127.0.0.1 free ports, all stopped at the end:
   process, like the gateway) and with `worker_processes auto`;
 - the ceiling of a Python proxy on this box: the smallest proxy that can be written with the issue's reference
   stack (uvicorn + uvloop + httptools, a raw ASGI callable, aiohttp's client with a keep-alive pool) — no routes,
-  no auth, no tracing, no log, no resilience. The gateway runs one process (one event loop), like it.
+  no auth, no tracing, no log, no resilience. The gateway runs one process (one event loop), like it;
+- the gateway's alternatives (issue #17), each a process of its own configured and started like the gateway: the
+  same Gateway served by uvicorn (httptools, uvloop) instead of granian, and the gateway with aiohttp's client on
+  its proxy path instead of the kit's (`AiohttpUpstream`) — rows `gateway.uvicorn.*`, `gateway.aiohttp_upstream.*`.
 
-nginx and wrk come from Debian: `apt-get update && apt-get install -y nginx-light wrk` (or `nginx`). Without
+nginx and wrk come from Debian (bench/tools.sh installs them for `make bench`: `apt-get install
+--no-install-recommends wrk nginx-light`). Without
 wrk nothing can be measured; without nginx its rows are skipped and the table says so. Needs a RabbitMQ at
 AMQP_URL (the gateway joins the config bus), like `make up`.
 
@@ -27,6 +31,7 @@ Usage: .venv/bin/python bench/gateway_bench.py [--seconds 5] [--runs 1] [--quick
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import os
 import re
@@ -109,6 +114,95 @@ def serve_minimal_proxy(port: int, backend: int) -> None:
 
     uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", access_log=False,
                 log_level="warning")
+
+
+# -- the gateway on kept libraries (this file, run as a program; issue #17) ------------------------------------------
+
+class AiohttpUpstream:
+    """The proxy path's upstream client (msa_kit.http1.Client) on aiohttp's client: what the kit's `http1.Pool`
+    is measured against. Failures are raised as the httpx types the balancer and breaker judge."""
+
+    def __init__(self, max_connections: int = 500) -> None:
+        self.max_connections = max_connections
+        self.session = None
+
+    async def request(self, host, port, method, target, headers, body, *,  # type: ignore[no-untyped-def]
+                      timeout, connect_timeout, tls=False):
+        import aiohttp
+        from yarl import URL
+
+        if self.session is None:
+            self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self.max_connections),
+                                                 auto_decompress=False, skip_auto_headers=("User-Agent", "Accept",
+                                                                                           "Accept-Encoding"))
+        url = URL(f"{'https' if tls else 'http'}://{host}:{port}{target.decode('latin-1')}", encoded=True)
+        try:
+            resp = await self.session.request(
+                method.decode(), url, headers=[(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers],
+                data=body, allow_redirects=False, compress=None,
+                timeout=aiohttp.ClientTimeout(sock_read=timeout, sock_connect=connect_timeout))
+        except aiohttp.ClientConnectorError as exc:
+            raise httpx.ConnectError(str(exc)) from exc
+        except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
+            raise httpx.ReadTimeout(str(exc)) from exc
+        except aiohttp.ClientError as exc:
+            raise httpx.ReadError(str(exc)) from exc
+        return _AiohttpAnswer(resp)
+
+    async def aclose(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+
+class _AiohttpAnswer:
+    __slots__ = ("status_code", "headers", "instance", "_resp")
+
+    def __init__(self, resp) -> None:  # type: ignore[no-untyped-def]
+        self.status_code, self.instance, self._resp = resp.status, "", resp
+        self.headers = [(n.lower(), v) for n, v in resp.raw_headers]
+
+    def whole_body(self) -> bytes | None:
+        return None
+
+    async def chunks(self):  # type: ignore[no-untyped-def]
+        import aiohttp
+
+        try:
+            async for chunk in self._resp.content.iter_any():
+                yield chunk
+        except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
+            raise httpx.ReadTimeout(str(exc)) from exc
+        except aiohttp.ClientError as exc:
+            raise httpx.ReadError(str(exc)) from exc
+
+    async def read(self) -> bytes:
+        return b"".join([c async for c in self.chunks()])
+
+    async def aclose(self) -> None:
+        self._resp.release()
+
+
+def serve_gateway(variant: str) -> None:
+    """`python -m msa_gateway`'s start-up, then the same Gateway served by uvicorn (httptools, uvloop) instead of
+    granian; or (`aiohttp`) served as usual, with aiohttp's client on the proxy path instead of msa_kit.http1.Pool."""
+    import uvloop
+
+    import msa_gateway.app as gateway_app
+    from msa_kit.app import prepare_service
+
+    if variant == "aiohttp":
+        gateway_app.Pool = AiohttpUpstream  # type: ignore[assignment,misc]
+    rt, snapshot, settings = prepare_service("gateway", gateway_app.GatewaySettings)
+    gateway = gateway_app.build_app(rt, snapshot, settings)
+    if variant == "uvicorn":
+        import uvicorn
+
+        uvicorn.run(gateway, host=rt.host, port=rt.port, loop="uvloop", http="httptools", access_log=False,
+                    log_config=None, lifespan="on")
+    else:
+        from msa_gateway.server import serve
+
+        uvloop.run(serve(gateway, rt.host, rt.port))
 
 
 # -- nginx -------------------------------------------------------------------------------------------------------------
@@ -232,14 +326,21 @@ def measure(seconds: float, runs: int = 1, nginx_auto: bool = True, warmup: floa
         gateway_yml = config_repo / "gateway.yml"
         gateway_yml.write_text(gateway_yml.read_text().replace("  routes:\n", "  routes:\n" + BENCH_ROUTE, 1))
         ports = Ports.free()
-        backend_port, nginx1_port, nginx_auto_port, minimal_port = free_ports(4)
+        backend_port, nginx1_port, nginx_auto_port, minimal_port, *variant_ports = free_ports(4 + len(VARIANTS))
         namespace = f"bench-{uuid.uuid4().hex[:8]}."
         sampler = {k: v for k, v in os.environ.items() if k.startswith("OTEL_TRACES_SAMPLER")}  # tracing's cost
         spec = default_spec(ports, var_dir=tmpdir / "var", namespace=namespace, config_repo=config_repo,
                             extra_env=sampler)
         backend = Program("bench-backend", (sys.executable, str(Path(__file__).resolve()), "--serve-backend",
                                             str(backend_port)), backend_port, registers=("bench",), priority=100)
+        # The gateway beside its alternatives (issue #17): the same Gateway, configured and started the same way,
+        # served by another server or calling upstream with another client; each its own process.
+        variants = [Program(f"gateway-{server}", (sys.executable, str(Path(__file__).resolve()),
+                                                                    "--serve-gateway", server),
+                            port, registers=("gateway",), priority=200)
+                    for (server, _), port in zip(VARIANTS.items(), variant_ports)]
         programs = [p for p in spec.programs if not p.name.startswith(("user-", "catalog-", "order-"))] + [backend]
+        programs += variants
         topology = Topology(dataclasses.replace(spec, programs=tuple(programs)))
         nginx_procs: list[subprocess.Popen[bytes]] = []  # and the minimal proxy
         targets = {"direct (FastAPI backend)": f"http://127.0.0.1:{backend_port}/item",
@@ -249,6 +350,9 @@ def measure(seconds: float, runs: int = 1, nginx_auto: bool = True, warmup: floa
             took = topology.up(timeout=60)
             print(f"topology up in {took:.1f} s; backend :{backend_port}, gateway :{ports.gateway}", flush=True)
             wait_http(targets[GATEWAY])
+            for (_, name), program in zip(VARIANTS.items(), variants):
+                targets[name] = f"http://127.0.0.1:{program.port}/bench/item"
+                wait_http(targets[name])
             if nginx:
                 nginx_procs.append(start_nginx(nginx, tmpdir / "nginx-1", backend_port, nginx1_port, "1"))
                 targets["nginx (1 worker)"] = f"http://127.0.0.1:{nginx1_port}/item"
@@ -279,6 +383,10 @@ def measure(seconds: float, runs: int = 1, nginx_auto: bool = True, warmup: floa
 
 
 DIRECT, GATEWAY, NGINX1 = "direct (FastAPI backend)", "gateway (1 process)", "nginx (1 worker)"
+# --serve-gateway <server> → row name; figures' keys: gateway.<key>.c{1,50}.* (KEYS)
+# (Issue #17's decision run also had the gateway's former own server, and granian beside it: bench/README.md.)
+VARIANTS = {"uvicorn": "gateway on uvicorn", "aiohttp": "gateway, aiohttp upstream"}
+KEYS = {"uvicorn": "uvicorn", "aiohttp": "aiohttp_upstream"}
 MINIMAL = "minimal Python proxy (ceiling)"
 
 
@@ -316,6 +424,14 @@ def figures(quick: bool) -> list[dict]:
             if c == 50:
                 fig["also"] = {"direct": series(DIRECT, c, q)}
             out.append(fig)
+    for server, name in VARIANTS.items():
+        for c in (1, 50):
+            out.append({"key": f"gateway.{KEYS[server]}.c{c}.rps", "unit": "req/s", "runs": series(name, c, "rps"),
+                        "reference": series(NGINX1, c, "rps"), "reference_label": nginx_missing or "nginx, 1 worker",
+                        "also": {"gateway (granian)": series(GATEWAY, c, "rps")}})
+            for q in ("p50_ms", "p99_ms"):
+                out.append({"key": f"gateway.{KEYS[server]}.c{c}.{q}", "unit": "ms", "runs": series(name, c, q),
+                            "reference": series(GATEWAY, c, q), "reference_label": "gateway (granian)"})
     out[0]["note"] = (f"wrk -t1, {1 if quick else 3} s per row × {1 if quick else 3} run(s), interleaved; one "
                       f"backend endpoint direct, through the gateway (tracing: "
                       f"{os.environ.get('OTEL_TRACES_SAMPLER', 'every request sampled')}), through nginx; "
@@ -330,7 +446,11 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="2 s per measurement")
     parser.add_argument("--serve-backend", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--serve-minimal-proxy", type=int, nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-gateway", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_gateway:
+        serve_gateway(args.serve_gateway)
+        return 0
     if args.serve_backend:
         serve_backend(args.serve_backend)
         return 0

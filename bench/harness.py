@@ -103,6 +103,23 @@ ROWS: tuple[Row, ...] = (
     Row("gateway.c50.rps", "gateway req/s, 50 connections", "≥ 60% of nginx", _share(0.6), "gateway", "pct"),
     Row("gateway.c50.p50_ms", "gateway p50, 50 connections", "report", None, "gateway"),
     Row("gateway.c50.p99_ms", "gateway p99, 50 connections", "report", None, "gateway"),
+    # The gateway's alternatives (issue #17: bench/README.md, "HTTP: kept libraries vs the hand-written stack"):
+    # req/s against nginx, latency against the gateway (granian, the kit's client) in the same runs.
+    *(row for name, label in (("uvicorn", "on uvicorn (httptools)"),
+                              ("aiohttp_upstream", "with aiohttp's client upstream"))
+      for row in (Row(f"gateway.{name}.c1.rps", f"gateway {label} req/s, 1 connection", "report", None, "gateway",
+                      "pct"),
+                  Row(f"gateway.{name}.c50.rps", f"gateway {label} req/s, 50 connections", "≥ 60% of nginx",
+                      _share(0.6), "gateway", "pct"),
+                  Row(f"gateway.{name}.c1.p50_ms", f"gateway {label} p50, 1 connection", "report", None,
+                      "gateway", "delta"),
+                  Row(f"gateway.{name}.c50.p99_ms", f"gateway {label} p99, 50 connections", "report", None,
+                      "gateway", "delta"))),
+    Row("client.kit.calls_s", "service call through the kit's stack on msa_kit.http1, calls/s", "report", None,
+        "client"),
+    Row("client.aiohttp.calls_s", "… on httpx-aiohttp (vs the kit's client)", "report", None, "client", "pct"),
+    Row("client.kit.cpu_us", "service call on msa_kit.http1, caller's CPU µs per call", "report", None, "client"),
+    Row("client.aiohttp.cpu_us", "… on httpx-aiohttp (vs the kit's client)", "report", None, "client"),
     Row("orders.place.rps", "order placement through the gateway, req/s", "report", None, "stack"),
     Row("orders.place.p50_ms", "order placement through the gateway, p50", "report", None, "stack"),
     Row("orders.place.p99_ms", "order placement through the gateway, p99", "report", None, "stack"),

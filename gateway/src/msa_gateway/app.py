@@ -2,8 +2,8 @@
 
 The proxy path (`proxy.Proxy`) takes every request except a handful of the gateway's own pages (health, metrics,
 docs, the admin API), which a small Starlette app serves — it also owns the lifespan. Starlette's routing would cost
-every proxied request a regex match per route; a set lookup on the path does the job. `Gateway.handle` is what
-the gateway's own server (server.py) calls; `Gateway.__call__` is the same dispatch as an ASGI app.
+every proxied request a regex match per route; a set lookup on the path does the job. `Gateway` is an ASGI app,
+served by granian (server.py).
 """
 
 from __future__ import annotations
@@ -38,13 +38,12 @@ from msa_kit.tokens import JwksVerifier
 from msa_kit.tracing import shutdown_tracing
 
 from .accesslog import AccessLog
-from .asgi import AsgiExchange, Exchange, Headers
+from .asgi import Exchange
 from .docs import SWAGGER_FILES, DocsCache, DocsSection, docs_page
 from .policy import Cors, CorsSection, security_headers
 from .proxy import Config, Proxy
 from .ratelimit import Buckets, buckets
 from .routes import RouteSpec, RouteTable
-from .server import asgi_bridge, default_malformed
 from .upstream import Upstreams
 
 log = logging.getLogger(__name__)
@@ -85,7 +84,7 @@ def build_app(rt: Runtime, config: ConfigSnapshot, settings: GatewaySettings) ->
 
 
 class Gateway:
-    """The gateway: `handle` for its own server, `__call__` for an ASGI server."""
+    """The gateway, as an ASGI app: the proxy path, or the gateway's own pages (and the lifespan)."""
 
     def __init__(self, rt: Runtime, platform: Platform, settings: GatewaySettings) -> None:
         self.rt, self.platform = rt, platform
@@ -98,18 +97,6 @@ class Gateway:
         self._redis_url = settings.gateway.rate_limits.redis_url
         self.local = self._local_app()
         platform.on_refresh(self.apply_routes)
-
-    async def handle(self, ex: Exchange) -> None:
-        proxy = self.proxy
-        if proxy is not None and ex.path not in LOCAL_PATHS and not self._faults_on():
-            return await proxy.handle(ex)
-        await self(*asgi_bridge(ex))  # the gateway's own pages, and the workshop's faults, are ASGI
-
-    def malformed(self, detail: str) -> tuple[Headers, bytes]:
-        """The 400 for a request the server could not parse: traced and logged like the proxy's answers."""
-        if self.proxy is None:
-            return default_malformed(detail)
-        return self.proxy.malformed(detail)
 
     def _faults_on(self) -> bool:  # the workshop breaking the gateway
         return bool(self.platform.faults.added or self.platform.settings.faults.http)
@@ -139,7 +126,7 @@ class Gateway:
         async def to_proxy(scope: Scope, receive: Receive, send: Send) -> None:
             nonlocal reached
             reached = True
-            await proxy.handle(AsgiExchange(scope, receive, send), started)
+            await proxy.handle(Exchange(scope, receive, send), started)
 
         async def send_status(message: Message) -> None:
             nonlocal status

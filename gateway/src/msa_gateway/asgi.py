@@ -1,15 +1,15 @@
-"""One request as the proxy sees it (`Exchange`), and the problem+json bodies it answers with.
+"""One request as the proxy sees it (`Exchange`, over ASGI's scope/receive/send), and the problem+json bodies it
+answers with.
 
-The proxy talks to an `Exchange`, not to ASGI: the gateway's own server (server.py) implements it straight on the
-connection — header bytes as parsed, a whole answer in one write — and `AsgiExchange` implements it over ASGI's
-scope/receive/send, for ASGI servers and middleware (the workshop's fault injection, the unit tests' in-process
-client).
+The proxy reads the request and answers through an `Exchange`, not ASGI's messages: headers stay the byte pairs
+the server parsed (ASGI's own), and answering is `respond` (a whole answer) or `start`, `write`… `end` (a stream).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 from starlette.types import Receive, Scope, Send
@@ -27,40 +27,20 @@ class ClientDisconnected(ConnectionError):
     """The client went away while its answer was being written: nobody is left to answer."""
 
 
-class Exchange(Protocol):
-    """A request (head parsed, body still to come) and the one answer it gets.
+class Exchange:
+    """A request (head parsed, body still to come) and the one answer it gets, over ASGI (granian, the workshop's
+    fault injection, httpx.ASGITransport in the unit tests).
 
     Header names are lower-cased. `respond` sends a whole answer; `start`, `write`… `end` stream one. With
-    `has_length` the headers carry the Content-Length already (a HEAD answer carries the GET's); otherwise the
-    exchange frames the body itself. `receive` raises httpx.ReadError when the client disconnects mid-body."""
+    `has_length` the headers carry the Content-Length already (a HEAD answer carries the GET's). `receive` returns
+    the next piece of the body and whether more follows; it raises httpx.ReadError when the client disconnects."""
 
-    method: str
-    path: str  # percent-decoded
-    raw_path: bytes
-    query: bytes
-    headers: Headers
-    client_ip: str
-    scheme: str
-
-    async def receive(self) -> tuple[bytes, bool]: ...  # the next piece of the body, and whether more follows
-
-    async def respond(self, status: int, headers: Headers, body: bytes, has_length: bool = False) -> None: ...
-
-    async def start(self, status: int, headers: Headers, has_length: bool) -> None: ...
-
-    async def write(self, chunk: bytes) -> None: ...  # raises ClientDisconnected when nobody reads any more
-
-    async def end(self) -> None: ...
-
-
-class AsgiExchange:
-    """An Exchange over ASGI (what uvicorn, httpx.ASGITransport and ASGI middleware speak)."""
-
-    __slots__ = ("method", "path", "raw_path", "query", "headers", "client_ip", "scheme", "_receive", "_send")
+    __slots__ = ("method", "path", "raw_path", "query", "headers", "client_ip", "scheme", "_receive", "_send",
+                 "_gone")
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.method: str = scope["method"]
-        self.path: str = scope["path"]
+        self.path: str = scope["path"]  # percent-decoded
         self.raw_path: bytes = scope.get("raw_path") or self.path.encode()
         self.query: bytes = scope.get("query_string", b"")
         self.headers: Headers = scope["headers"]
@@ -68,6 +48,7 @@ class AsgiExchange:
         self.client_ip: str = client[0] if client else ""
         self.scheme: str = scope.get("scheme", "http")
         self._receive, self._send = receive, send
+        self._gone: asyncio.Task[None] | None = None  # while an answer streams: done when the client has left
 
     async def receive(self) -> tuple[bytes, bool]:
         message = await self._receive()
@@ -83,12 +64,30 @@ class AsgiExchange:
 
     async def start(self, status: int, headers: Headers, has_length: bool) -> None:
         await self._send({"type": "http.response.start", "status": status, "headers": headers})
+        # An ASGI server drops what is sent after the client went away; it says so on `receive` (the body has been
+        # read by now). Watching for it stops a long answer from being read upstream for nobody.
+        self._gone = asyncio.ensure_future(self._disconnected())
+
+    async def _disconnected(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
 
     async def write(self, chunk: bytes) -> None:
-        await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if self._gone is not None and self._gone.done():
+            raise ClientDisconnected("the client disconnected")
+        try:
+            await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except OSError as exc:  # ASGI: a server may raise instead, for a send after the client went away
+            raise ClientDisconnected("the client disconnected") from exc
 
     async def end(self) -> None:
         await self._send({"type": "http.response.body", "body": b""})
+        self.close()
+
+    def close(self) -> None:
+        """Stop watching for the client's disconnect (a stream that ended, or broke off)."""
+        if self._gone is not None:
+            self._gone.cancel()
 
 
 def problem_body(status: int, detail: str, instance: str, trace_id: str, title: str = "", **extra: Any) -> bytes:

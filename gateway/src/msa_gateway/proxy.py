@@ -1,15 +1,15 @@
 """The proxy path: one request in, one request to the route's upstream, the answer streamed back.
 
 The gateway's hot path (DESIGN §7: FastAPI's per-request cost is ~3× bare Starlette's), written against
-`asgi.Exchange`, which the gateway's own server implements straight on the connection (server.py) and
-`AsgiExchange` over ASGI: headers stay the byte pairs the server parsed, the route table is precompiled, and
-nothing is validated twice. Upstream calls go through the kit's guards (discovery cache, balancing with outlier
-ejection, breaker, bulkhead) over a lean HTTP/1.1 client (`upstream.Upstreams`, `msa_kit.http1.Pool`).
+`asgi.Exchange`: headers stay the byte pairs the server parsed, the route table is precompiled, and nothing is
+validated twice. Upstream calls go through the kit's guards (discovery cache, balancing with outlier ejection,
+breaker, bulkhead) over the kit's HTTP/1.1 client (`upstream.Upstreams`, `msa_kit.http1.Pool`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -27,8 +27,7 @@ from msa_kit.tokens import InvalidToken, JwksVerifier
 from msa_kit.tracing import ServerSpans
 
 from .accesslog import AccessLog
-from .asgi import (PROBLEM_CONTENT_TYPE, AsgiExchange, ClientDisconnected, Exchange, Headers, problem_body,
-                   send_problem)
+from .asgi import ClientDisconnected, Exchange, Headers, send_problem
 from .policy import Cors
 from .ratelimit import Buckets
 from .routes import Route, RouteTable
@@ -50,7 +49,7 @@ DROP_REQUEST = HOP_BY_HOP | IDENTITY | {b"host", b"expect", b"traceparent", b"tr
 DROP_RESPONSE = HOP_BY_HOP | {b"date", b"server", b"x-trace-id", b"traceparent"}
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 RETRY_STATUSES = frozenset({502, 503, 504})
-MALFORMED = "malformed"  # the route label of a request refused before routing: unparseable, or a path we won't map
+MALFORMED = "malformed"  # the route label of a request refused before routing: a path we won't map
 SMALL_BODY = 65_536  # read at once below this (one receive); stream above
 
 
@@ -87,22 +86,7 @@ class Proxy:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The proxy as an ASGI app (under ASGI middleware, or an ASGI server)."""
-        await self.handle(AsgiExchange(scope, receive, send))
-
-    def malformed(self, detail: str) -> tuple[Headers, bytes]:
-        """The 400 for a request that could not be parsed (server.py): a span and an access line like any answer,
-        the security headers, and a problem+json body with the trace id."""
-        span = spans.start("invalid request", None, {"http.response.status_code": 400,
-                                                     "error.type": "malformed request"})
-        trace_id = format(span.context.trace_id, "032x") if span.context.is_valid else ""
-        span.end("invalid request")
-        if self.config.access_log and self.access is not None:
-            self.access.write("-", "-", None, "", 400, "-", trace_id, 0.0)
-        observe_request("-", MALFORMED, 400, 0.0)  # no method to tell, no time spent that the server measured
-        headers: Headers = [*self.config.security, PROBLEM_CONTENT_TYPE]
-        if trace_id:
-            headers.append((b"x-trace-id", trace_id.encode()))
-        return headers, problem_body(400, f"malformed request: {detail}", "", trace_id)
+        await self.handle(Exchange(scope, receive, send))
 
     async def handle(self, ex: Exchange, started: float | None = None) -> None:
         """`started`: when the request came in, if something ran before the proxy (the workshop's faults)."""
@@ -239,7 +223,9 @@ class Proxy:
             except ValueError:
                 return await fail(400, "invalid Content-Length", route, user)
             if length > limit:
-                return await fail(413, f"bodies are limited to {limit} bytes", route, user)
+                answer = await fail(413, f"bodies are limited to {limit} bytes", route, user)
+                await _drop_body(ex)
+                return answer
 
         if route.req_remove:
             fwd = [(n, v) for n, v in fwd if n not in route.req_remove]
@@ -255,7 +241,9 @@ class Proxy:
             try:
                 body = await _read_body(ex, limit, conf.body_timeout_s)
             except BodyTooLarge:
-                return await fail(413, f"bodies are limited to {limit} bytes", route, user)
+                answer = await fail(413, f"bodies are limited to {limit} bytes", route, user)
+                await _drop_body(ex)
+                return answer
             except TimeoutError:
                 return await fail(408, f"body: not received whole within {conf.body_timeout_s:g} s", route, user)
             if chunked:  # the upstream gets it with a length, not chunked
@@ -342,6 +330,7 @@ class Proxy:
             warn.warning("upstream %s broke off the response: %s", instance, exc or type(exc).__name__)
             raise
         finally:
+            ex.close()
             await upstream.aclose()
         return upstream.status_code, route, instance, user
 
@@ -375,3 +364,16 @@ async def _read_body(ex: Exchange, limit: int, timeout_s: float) -> bytes:
             if not more:
                 return chunk if not chunks else b"".join(chunks) + chunk
             chunks.append(chunk)
+
+
+LINGER_S = 5.0  # what an oversized body may take to arrive, read and dropped after its 413
+
+
+async def _drop_body(ex: Exchange) -> None:
+    """The rest of a body refused with a 413, read and dropped (nginx's lingering close): a server that closed
+    the connection with the body still arriving would reset it, and the client would see the reset, not the 413."""
+    with contextlib.suppress(TimeoutError, httpx.ReadError):
+        async with asyncio.timeout(LINGER_S):
+            more = True
+            while more:
+                _, more = await ex.receive()
