@@ -13,6 +13,11 @@ Each run, on free 127.0.0.1 ports with a temporary var dir and a broker namespac
 4. Order placement: `POST /api/orders` (one line, a fresh Idempotency-Key each) through the gateway, closed loop
    at a fixed concurrency for a bounded time, by an aiohttp load generator on the same machine. Stock is topped
    up first so that every order can be confirmed.
+5. CPU per confirmed order: a fixed number of orders placed the same way, then waited for until the order
+   instances count them confirmed; the CPU time (/proc/<pid>/stat utime + stime) each program — and the broker —
+   spent meanwhile, divided by the orders confirmed. The load generator (this process) is not counted; what runs
+   anyway (heartbeats, the probe's synthetic orders, the console) is, as it would be on a user's machine. Far
+   steadier than a rate on a shared machine: it does not depend on what else the cores were doing.
 
 Usage: .venv/bin/python bench/stack_bench.py [--quick] [--runs N] [--seconds S] [--concurrency C]
 """
@@ -40,8 +45,8 @@ if TYPE_CHECKING:
     from msa_cli.runner import Topology
     from msa_cli.spec import TopologySpec
 
-FULL = {"runs": 3, "seconds": 10.0, "concurrency": 16}
-QUICK = {"runs": 1, "seconds": 2.0, "concurrency": 8}
+FULL = {"runs": 3, "seconds": 10.0, "concurrency": 16, "budget_orders": 1500}
+QUICK = {"runs": 1, "seconds": 2.0, "concurrency": 8, "budget_orders": 200}
 
 
 def pct(values: list[float], p: float) -> float:
@@ -171,18 +176,25 @@ async def top_up_stock(gateway: str, catalog: str) -> list[str]:
     return [p["sku"] for p in products]
 
 
-async def place_orders(gateway: str, skus: list[str], concurrency: int, seconds: float, warmup: float = 1.0,
-                       max_orders: int = 50_000) -> Placement:
-    """Closed loop: `concurrency` clients, each placing one order after another, for `seconds` after a warm-up."""
+async def customer_token(gateway: str) -> str:
+    """A new customer's access token (sign-up and log-in: two scrypt hashes, ~0.2 s of the user service's CPU)."""
     import aiohttp
 
-    async with aiohttp.ClientSession(gateway, connector=aiohttp.TCPConnector(limit=concurrency)) as http:
+    async with aiohttp.ClientSession(gateway) as http:
         name, password = f"bench-{uuid.uuid4().hex[:8]}", "bench-Passw0rd"
         async with http.post("/api/users", json={"username": name, "password": password}) as r:
             assert r.status == 201, (r.status, await r.text())
         async with http.post("/api/auth/token", data={"username": name, "password": password}) as r:
-            token = (await r.json())["access_token"]
-        auth = f"Bearer {token}"
+            return str((await r.json())["access_token"])
+
+
+async def place_orders(gateway: str, skus: list[str], concurrency: int, seconds: float, warmup: float = 1.0,
+                       max_orders: int = 50_000, token: str | None = None) -> Placement:
+    """Closed loop: `concurrency` clients, each placing one order after another, for `seconds` after a warm-up."""
+    import aiohttp
+
+    auth = f"Bearer {token or await customer_token(gateway)}"
+    async with aiohttp.ClientSession(gateway, connector=aiohttp.TCPConnector(limit=concurrency)) as http:
         latencies: list[float] = []
         failures: Counter[str] = Counter()
         loop = asyncio.get_running_loop()
@@ -213,6 +225,88 @@ async def place_orders(gateway: str, skus: list[str], concurrency: int, seconds:
         return Placement(latencies, seconds, failures)
 
 
+# ---- CPU per confirmed order ---------------------------------------------------------------------------------------
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process (/proc/<pid>/stat fields 14 and 15)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def broker_pids() -> list[int]:
+    """The RabbitMQ node's Erlang VM (the machine's broker, which the stack uses under a namespace of its own)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if (entry / "comm").read_text().strip().startswith("beam"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def program_cpu(topology: "Topology") -> dict[str, float]:
+    """CPU seconds so far per program (instances summed: order-1 + order-2 → order), supervisord and the broker."""
+    out: Counter[str] = Counter()
+    for status in topology.status():
+        if status.pid:
+            out[status.name.rsplit("-", 1)[0] if status.name[-1].isdigit() else status.name] += sum(
+                cpu_s(p) for p in descendants(status.pid))
+    out["supervisord"] += cpu_s(int(topology.pidfile.read_text().strip()))
+    out["broker"] += sum(cpu_s(p) for p in broker_pids())
+    return dict(out)
+
+
+async def confirmed_orders(order_urls: list[str]) -> float:
+    """Orders the order instances counted confirmed (msa_saga_outcomes_total, customers' orders only)."""
+    import aiohttp
+
+    total = 0.0
+    async with aiohttp.ClientSession() as http:
+        for url in order_urls:
+            async with http.get(f"{url}/metrics") as r:
+                for line in (await r.text()).splitlines():
+                    if line.startswith('msa_saga_outcomes_total{outcome="confirmed",synthetic="false"}'):
+                        total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@dataclasses.dataclass
+class Budget:
+    orders: int  # confirmed during the measurement
+    cpu_ms: dict[str, float]  # per program, per confirmed order
+    failures: Counter[str]
+
+    @property
+    def total_ms(self) -> float:
+        return sum(self.cpu_ms.values())
+
+
+def cpu_budget(topology: "Topology", gateway: str, order_urls: list[str], skus: list[str], orders: int,
+               concurrency: int, timeout_s: float = 120.0) -> Budget:
+    token = asyncio.run(customer_token(gateway))  # before the measurement: logging in is not placing an order
+    before_confirmed = asyncio.run(confirmed_orders(order_urls))
+    before = program_cpu(topology)
+    placed = asyncio.run(place_orders(gateway, skus, concurrency, timeout_s, warmup=0.0, max_orders=orders,
+                                      token=token))
+    deadline = time.monotonic() + 60
+    confirmed = 0.0
+    while time.monotonic() < deadline:
+        confirmed = asyncio.run(confirmed_orders(order_urls)) - before_confirmed
+        if confirmed >= len(placed.latencies_ms):
+            break
+        time.sleep(0.05)
+    after = program_cpu(topology)
+    n = max(confirmed, 1.0)
+    return Budget(int(confirmed), {k: (after[k] - before.get(k, 0.0)) * 1000 / n for k in after}, placed.failures)
+
+
 # ---- one run, several runs ------------------------------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -225,9 +319,10 @@ class Run:
     pss_loaded_mb: float
     per_program_mb: dict[str, float]
     placement: Placement
+    budget: Budget
 
 
-def one_run(tmp: Path, seconds: float, concurrency: int) -> Run:
+def one_run(tmp: Path, seconds: float, concurrency: int, budget_orders: int) -> Run:
     from msa_cli.namespace import drop_namespace
     from msa_cli.runner import Topology
     from msa_cli.spec import Ports, default_spec
@@ -248,17 +343,19 @@ def one_run(tmp: Path, seconds: float, concurrency: int) -> Run:
         skus = asyncio.run(top_up_stock(gateway, real.program("catalog-1").url))
         placement = asyncio.run(place_orders(gateway, skus, concurrency, seconds))
         rss_loaded, pss_loaded, _ = stack_memory(topology)
+        order_urls = [p.url for p in real.programs if "order" in p.registers]
+        budget = cpu_budget(topology, gateway, order_urls, skus, budget_orders, concurrency)
     finally:
         topology.down()
         drop_namespace(real.amqp_url, namespace)
-    return Run(reference_up, up, rss, pss, rss_loaded, pss_loaded, per_program, placement)
+    return Run(reference_up, up, rss, pss, rss_loaded, pss_loaded, per_program, placement, budget)
 
 
-def measure(runs: int, seconds: float, concurrency: int, progress: bool = True) -> list[Run]:
+def measure(runs: int, seconds: float, concurrency: int, budget_orders: int, progress: bool = True) -> list[Run]:
     out = []
     for i in range(runs):
         with tempfile.TemporaryDirectory(prefix="stack-bench-") as tmp:
-            run = one_run(Path(tmp), seconds, concurrency)
+            run = one_run(Path(tmp), seconds, concurrency, budget_orders)
         out.append(run)
         if progress:
             p = run.placement
@@ -266,13 +363,16 @@ def measure(runs: int, seconds: float, concurrency: int, progress: bool = True) 
                   f"PSS {run.pss_mb:.0f} MB idle / {run.pss_loaded_mb:.0f} MB loaded (RSS summed {run.rss_mb:.0f} / "
                   f"{run.rss_loaded_mb:.0f}), "
                   f"orders {p.rps:.0f}/s p50 {pct(p.latencies_ms, 50):.1f} ms p99 {pct(p.latencies_ms, 99):.1f} ms"
-                  + (f", failures {dict(p.failures)}" if p.failures else ""), flush=True)
+                  + (f", failures {dict(p.failures)}" if p.failures else "")
+                  + f"; CPU {run.budget.total_ms:.1f} ms per confirmed order ({run.budget.orders}: "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in sorted(run.budget.cpu_ms.items(), key=lambda kv: -kv[1]))
+                  + ")", flush=True)
     return out
 
 
 def figures(quick: bool) -> list[dict]:
     size = QUICK if quick else FULL
-    runs = measure(size["runs"], size["seconds"], size["concurrency"])
+    runs = measure(size["runs"], size["seconds"], size["concurrency"], size["budget_orders"])
     last = runs[-1]
     biggest = sorted(last.per_program_mb.items(), key=lambda kv: -kv[1])
     failures = sum(sum(r.placement.failures.values()) for r in runs)
@@ -294,6 +394,12 @@ def figures(quick: bool) -> list[dict]:
                  f"aiohttp load generator on the same cores; non-201 answers: {failures}"},
         {"key": "orders.place.p50_ms", "unit": "ms", "runs": [pct(r.placement.latencies_ms, 50) for r in runs]},
         {"key": "orders.place.p99_ms", "unit": "ms", "runs": [pct(r.placement.latencies_ms, 99) for r in runs]},
+        {"key": "orders.cpu_ms", "unit": "ms", "runs": [r.budget.total_ms for r in runs],
+         "note": f"CPU per confirmed order, every process summed: {size['budget_orders']} orders "
+                 f"(c={size['concurrency']}), /proc/<pid>/stat, the load generator excluded; per program below"},
+        *({"key": f"orders.cpu_ms.{name}", "unit": "ms", "runs": [r.budget.cpu_ms.get(name, 0.0) for r in runs],
+           "label": f"… of which {name}"}
+          for name in sorted(last.budget.cpu_ms, key=lambda k: -last.budget.cpu_ms[k])),
     ]
 
 
@@ -312,7 +418,7 @@ def main() -> None:
     size |= {k: v for k, v in (("runs", args.runs), ("seconds", args.seconds), ("concurrency", args.concurrency))
              if v}
     print(f"stack: {size['runs']} run(s); {os.cpu_count()} cores shared by everything", flush=True)
-    runs = measure(size["runs"], size["seconds"], size["concurrency"])
+    runs = measure(size["runs"], size["seconds"], size["concurrency"], size["budget_orders"])
 
     def line(name: str, values: list[float], unit: str, fmt: str = "{:.2f}") -> None:
         med = fmt.format(statistics.median(values))
@@ -330,6 +436,9 @@ def main() -> None:
          "{:.0f}")
     line("  p50", [pct(r.placement.latencies_ms, 50) for r in runs], "ms", "{:.1f}")
     line("  p99", [pct(r.placement.latencies_ms, 99) for r in runs], "ms", "{:.1f}")
+    line("CPU per confirmed order, all processes", [r.budget.total_ms for r in runs], "ms")
+    for name in sorted(runs[-1].budget.cpu_ms, key=lambda k: -runs[-1].budget.cpu_ms[k]):
+        line(f"  {name}", [r.budget.cpu_ms.get(name, 0.0) for r in runs], "ms")
     print("\nPSS by program (last run, idle): " + ", ".join(
         f"{n} {mb:.0f}" for n, mb in sorted(runs[-1].per_program_mb.items(), key=lambda kv: -kv[1])) + " MB")
 

@@ -15,6 +15,7 @@ from .adapters.clients import CatalogClient, UserClient
 from .adapters.repository import SqlOrderUnitOfWork, metadata
 from .entrypoints import events, http
 from .service_layer.fallback import LastKnownPrices
+from .service_layer.known_users import KnownUsers
 
 
 class OrderSection(BaseModel):
@@ -32,6 +33,6 @@ def build_app(rt: Runtime, config: ConfigSnapshot, settings: OrderSettings) -> F
 
     def adapters() -> http.Adapters:  # at start: the platform's client to other services exists from then on
         prices = LastKnownPrices(CatalogClient(platform.http), lambda: platform.settings.order.price_cache_max_age_s)
-        return http.Adapters(uows=platform.uow, users=UserClient(platform.http), prices=prices)
+        return http.Adapters(uows=platform.uow, users=KnownUsers(UserClient(platform.http)), prices=prices)
 
     return create_service_app(platform, title="order", routers=[http.router], adapters=adapters)
