@@ -43,7 +43,7 @@ def Provided(kind: type[A]) -> Any:  # noqa: N802 (named like FastAPI's Depends,
     """A route's dependency on what bootstrap.py built: `adapters: Annotated[Adapters, Provided(Adapters)]` gets
     the one `Adapters` object `create_service_app(..., adapters=...)` made at start, never a new one per request."""
 
-    def provided(request: Request) -> A:
+    async def provided(request: Request) -> A:  # async: FastAPI would run a plain function on a worker thread
         adapters = request.app.state.adapters
         assert isinstance(adapters, kind), f"bootstrap.py provided {type(adapters).__name__}, not {kind.__name__}"
         return adapters
