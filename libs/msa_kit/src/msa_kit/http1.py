@@ -1,5 +1,20 @@
 """The kit's HTTP/1.1 client: keep-alive connections per address, bytes in and bytes out.
 
+Kept, measured against maintained clients (issue #17, "HTTP on kept libraries"; bench/README.md, "HTTP: kept
+libraries vs the hand-written stack"), in two `make bench` runs of 2026-12-07 (bench/harness.py; 2 shared cores):
+- The gateway's proxy path on aiohttp's client (bench/gateway_bench.py's `AiohttpUpstream`) instead of `Pool`, same
+  server, same run: 40 % and 45 % of nginx's req/s at 50 connections — below the issue's bar of 60 % — where the
+  gateway on this client made 45 % and 87 % (1,559 / 1,678 req/s beside 1,821 / 3,570); at 1 connection 47 % / 45 %
+  beside 65 % / 59 %, p50 0.72 / 0.71 ms beside 0.56 / 0.57 ms.
+- A service's calls (the kit's whole stack, `resilience.service_client`, 16 callers, bench/client_bench.py) over
+  httpx-aiohttp's transport instead of `Http1Transport`: 77 % / 91 % of the calls per second, ×1.27 / ×1.31 the
+  caller's CPU per call (735 / 795 µs beside 559 / 618 µs). And it reports an upstream that closes the connection
+  without answering as `httpx.ConnectTimeout` (aiohttp's ServerDisconnectedError is a ClientConnectionError, which
+  it maps to that), so the balancer would call it a time-out (UpstreamTimeout, 504, an outlier strike) instead of a
+  broken connection (502; retried when idempotent). This client raises RemoteProtocolError there.
+So both users keep this client (the saga and failover runs, the issue's other condition, were not run on the
+library client: it had failed the first).
+
 Two users: the gateway's proxy path calls `Pool.request` with the header byte pairs its server parsed, and every
 service-to-service call goes through `Http1Transport`, which gives httpx's API (the kit's clients, the tracing,
 the guards) this client underneath.
