@@ -120,6 +120,10 @@ ROWS: tuple[Row, ...] = (
     Row("client.aiohttp.calls_s", "… on httpx-aiohttp (vs the kit's client)", "report", None, "client", "pct"),
     Row("client.kit.cpu_us", "service call on msa_kit.http1, caller's CPU µs per call", "report", None, "client"),
     Row("client.aiohttp.cpu_us", "… on httpx-aiohttp (vs the kit's client)", "report", None, "client"),
+    Row("orders.cpu_ms", "CPU per confirmed order, every process summed", "≤ 6 ms", _le(6.0), "stack"),
+    *(Row(f"orders.cpu_ms.{name}", f"… of which {name}", "report", None, "stack")
+      for name in ("order", "catalog", "user", "gateway", "broker", "faultproxy", "supervisord", "config-server",
+                   "discovery", "probe", "console")),
     Row("orders.place.rps", "order placement through the gateway, req/s", "report", None, "stack"),
     Row("orders.place.p50_ms", "order placement through the gateway, p50", "report", None, "stack"),
     Row("orders.place.p99_ms", "order placement through the gateway, p99", "report", None, "stack"),
