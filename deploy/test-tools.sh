@@ -2,7 +2,7 @@
 # The Debian tools deploy/tests run, installed when missing (`make test` calls this first): promtool (package
 # prometheus) checks prometheus.yml with Prometheus's own parser; initdb and psql (package postgresql) run the
 # compose stack's database init script against a throwaway server. Their packages ship servers that an install
-# would start: a policy-rc.d answering 101 ("action forbidden") keeps every service stopped meanwhile. chromium
+# would start: deploy/apt-install.sh (shared with bench/tools.sh) keeps every service stopped meanwhile. chromium
 # (Debian's, not a browser Playwright downloads) is what tests/test_console_browser.py drives.
 # Not root, or no apt-get: say what is missing; the tests then fail naming it.
 set -uo pipefail
@@ -21,17 +21,4 @@ if [ ! -f "$specs/package/schemas/3.0.0-without-\$id.json" ] && command -v npm >
     && tar xzf "$specs/asyncapi-specs-$ASYNCAPI_SPECS_VERSION.tgz" -C "$specs" \
     || { echo "could not fetch @asyncapi/specs $ASYNCAPI_SPECS_VERSION (or its digest differs)"; rm -rf "$specs"; }
 fi
-[ ${#missing[@]} -eq 0 ] && exit 0
-if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
-  echo "the tests need Debian packages: ${missing[*]} (apt-get install --no-install-recommends ${missing[*]})"
-  exit 0
-fi
-echo "installing ${missing[*]} for the tests (no service started)"
-policy=/usr/sbin/policy-rc.d
-[ ! -e "$policy" ] || mv "$policy" "$policy.msa-test"
-printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy"
-{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
-    >/dev/null; } || echo "could not install ${missing[*]}: the tests will say what is missing"
-rm -f "$policy"
-[ ! -e "$policy.msa-test" ] || mv "$policy.msa-test" "$policy"
-exit 0
+exec "$(dirname "$0")/apt-install.sh" "the tests" "${missing[@]}"
