@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from typing import Callable, Protocol
 
 from msa_kit.uow import UnitOfWork
@@ -20,8 +21,10 @@ class OrderRepository(Protocol):
 class OrderUnitOfWork(UnitOfWork):
     orders: OrderRepository
 
+    @abc.abstractmethod
     def after_commit(self, fn: Callable[[], None]) -> None:
-        """Run `fn` once this transaction has committed (a metric counts only a change that happened)."""
+        """Run `fn` once this transaction has committed (a metric counts only a change that happened): abstract,
+        so that no unit of work can drop the callbacks by inheriting a method that does nothing."""
 
 
 class OrderUnitsOfWork(Protocol):
